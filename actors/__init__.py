@@ -1,0 +1,1 @@
+"""Rollout actors, the agent episode loop, environment adapters and the vLLM inference pool (issue #4)."""

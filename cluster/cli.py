@@ -1,0 +1,63 @@
+"""The ``epiq`` console script: one sub-command per job, each a thin wrapper over a module's ``main``.
+
+    epiq train configs/quickstart.yaml [--set k=v ...] [--dry-run]   # = python -m cluster.train --config ...
+    epiq config configs/quickstart.yaml [--set k=v ...]              # validate and print the resolved config
+    epiq config --reference                                          # every key, type, default and doc (markdown)
+
+Config errors exit with code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cluster import train
+from cluster.config import ConfigError, dump, reference_markdown
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown())
+        return 0
+    cfg, _ = train.config_from_args(args)
+    print(dump(cfg), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epiq", description="epiq: agents that keep learning after deployment.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run a job (memory and/or LoRA learning) from a config")
+    train.add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    p = sub.add_parser("config", help="validate a config and print it resolved")
+    train.add_config_args(p)
+    p.add_argument("--reference", action="store_true", help="print the reference of every config key (markdown)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            cfg, path = train.config_from_args(args)
+            if args.dry_run:
+                print(dump(cfg), end="")
+                return 0
+            return train.run(cfg, path)
+        if args.command == "config":
+            return _config(args)
+    except ConfigError as e:
+        print(f"epiq: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("epiq: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

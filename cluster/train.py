@@ -1,0 +1,108 @@
+"""The driver: load the config, make the run folder, start the local services, run the job, stop everything.
+
+This is what ``ray job submit`` runs and what ``epiq train`` calls:
+
+    python -m cluster.train --config configs/quickstart.yaml [--set memory.lam=0.3] [--dry-run]
+
+Config errors exit with code 2 before anything heavy (Ray, torch, vLLM) is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from cluster.config import Config, ConfigError, dump, load
+
+log = logging.getLogger("epiq")
+
+
+def add_config_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument("config_pos", nargs="?", metavar="CONFIG", help="YAML config file")
+    parser.add_argument("--config", "-c", help="YAML config file (same as the positional CONFIG)")
+    parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set memory.lam=0.3 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, str]:
+    path = getattr(args, "config_pos", None) or args.config
+    if not path:
+        raise ConfigError("no config file given (e.g. configs/quickstart.yaml)")
+    return load(path, args.set), path
+
+
+def make_run_dir(cfg: Config, config_path: str) -> Path:
+    """Create (or, with run.resume, reopen) the run folder and save the resolved config in it."""
+    name = cfg.run.name or f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.output_dir) / name
+    saved = run_dir / "config.yaml"
+    if saved.exists() and not cfg.run.resume:
+        raise ConfigError(f"run folder {run_dir} already holds a run; set run.resume=true to continue it, or pick another run.name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if saved.exists():
+        (run_dir / f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(dump(cfg))
+    else:
+        saved.write_text(dump(cfg))
+    return run_dir
+
+
+def setup_logging(level: str, run_dir: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(run_dir / "driver.log"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+
+def run(cfg: Config, config_path: str) -> int:
+    """Run the job described by ``cfg``; returns the process exit code."""
+    from cluster.services import LocalServices, ServiceError, redirect_caches
+
+    run_dir = make_run_dir(cfg, config_path)
+    setup_logging(cfg.run.log_level, run_dir)
+    redirect_caches(Path(cfg.run.cache_dir))
+    log.info("run folder %s", run_dir)
+    try:
+        with LocalServices(cfg, run_dir) as services:
+            health = services.health()
+            log.info("services: %s", health)
+            if cfg.memory.enabled:
+                from memory_server.embedder import load_embedder
+
+                embedder = load_embedder(cfg.memory.embedder)
+                log.info("embedder %s: dim %d", embedder.name, embedder.dim)
+            print(f"epiq: services healthy (redis {health['redis_ping_ms']} ms, ray task {health['ray_task_ms']} ms); "
+                  f"run folder {run_dir}", flush=True)
+            print("epiq: the rollout plane is not built yet (issue #4): stopping the services and exiting", flush=True)
+    except (ServiceError, RuntimeError) as e:
+        log.error("%s", e)
+        print(f"epiq: error: {e}", file=sys.stderr)
+        return 1
+    print("epiq: services stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.train", description="Run an epiq job.")
+    add_config_args(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg, path = config_from_args(args)
+        if args.dry_run:
+            print(dump(cfg), end="")
+            return 0
+        return run(cfg, path)
+    except ConfigError as e:
+        print(f"epiq: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("epiq: interrupted; services stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

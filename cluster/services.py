@@ -256,6 +256,7 @@ class LocalServices:
     def start(self) -> None:
         self._start_redis()
         self._start_ray()
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)  # ray.init installs its own handler (exit code 15)
         self._record()
 
     def _start_redis(self) -> None:
@@ -292,7 +293,7 @@ class LocalServices:
         info = {
             "driver_pid": os.getpid(),
             "redis": {"pid": self.redis.pid, "port": self.redis.port} if self.redis else {"url": _redact(self.redis_url or "")},
-            "ray": {"started": self.ray_started},
+            "ray": {"started": self.ray_started, "temp_dir": str(self.ray_temp) if self.ray_temp else None},
             "pids": {str(pid): t for pid, t in descendants().items()},
         }
         (self.run_dir / "services.json").write_text(json.dumps(info, indent=2))

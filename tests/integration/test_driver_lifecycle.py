@@ -1,0 +1,86 @@
+"""The driver owns its services: a normal run, a run that raises and a SIGTERM'd run leave no process behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _driver(run_root: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
+            "--set", f"run.output_dir={run_root}", "--set", "run.name=r", *[a for o in overrides for a in ("--set", o)]]
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _started(run_dir: Path) -> dict:
+    return json.loads((run_dir / "services.json").read_text())
+
+
+def _leftovers(info: dict) -> list[str]:
+    """Processes the run started that are still alive: its recorded PIDs, and anything using its Ray temp dir."""
+    out = []
+    for pid, created in info["pids"].items():
+        try:
+            p = psutil.Process(int(pid))
+            if abs(p.create_time() - created) < 1.0 and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    temp = info["ray"]["temp_dir"]
+    if temp:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if temp in cmd:
+                out.append(f"{p.info['pid']} {cmd[:120]}")
+    redis_port = info["redis"].get("port")
+    if redis_port:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == redis_port and c.status == psutil.CONN_LISTEN:
+                out.append(f"listener on redis port {redis_port} (pid {c.pid})")
+    return out
+
+
+def test_normal_run_starts_checks_and_stops_services(tmp_path: Path, env_without_ray: dict) -> None:
+    proc = _driver(tmp_path, env_without_ray)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert "epiq: services healthy" in out and "epiq: services stopped" in out
+    info = _started(tmp_path / "r")
+    assert info["redis"]["pid"] and info["ray"]["started"] and len(info["pids"]) >= 3
+    assert _leftovers(info) == []
+    assert (tmp_path / "r" / "config.yaml").is_file() and (tmp_path / "r" / "driver.log").is_file()
+    assert (tmp_path / "r" / "ray").is_dir() and not (tmp_path / "r" / "ray").is_symlink()
+
+
+def test_driver_that_raises_stops_its_services(tmp_path: Path, env_without_ray: dict) -> None:
+    # The embedder is loaded after the services start: a bad path makes the driver fail mid-run.
+    proc = _driver(tmp_path, env_without_ray, "memory.embedder=/nonexistent/embedder")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1
+    assert "epiq: error: memory.embedder '/nonexistent/embedder'" in err
+    assert _leftovers(_started(tmp_path / "r")) == []
+
+
+def test_sigterm_stops_the_driver_and_its_services(tmp_path: Path, env_without_ray: dict) -> None:
+    proc = _driver(tmp_path, env_without_ray)
+    services = tmp_path / "r" / "services.json"
+    deadline = time.monotonic() + 120
+    while not services.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "services never came up"
+        time.sleep(0.05)
+    info = _started(tmp_path / "r")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM  # killed mid-run, not a normal finish
+    assert _leftovers(info) == []

@@ -3,6 +3,8 @@
     epiq train configs/quickstart.yaml [--set k=v ...] [--dry-run]   # = python -m cluster.train --config ...
     epiq config configs/quickstart.yaml [--set k=v ...]              # validate and print the resolved config
     epiq config --reference                                          # every key, type, default and doc (markdown)
+    epiq memory stats|top|export|import|snapshot|rollback ...         # see memory_server/cli.py
+    epiq bench memory [--sizes ...]                                   # see benchmarks/memory.py
 
 Config errors exit with code 2 and one line on stderr.
 """
@@ -33,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_config_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
+    p = sub.add_parser("memory", help="inspect and manage a memory: stats, top, export, import, snapshot, rollback")
+    from memory_server.cli import build_parser as memory_parser
+
+    memory_parser(p)
+
+    p = sub.add_parser("bench", help="run a benchmark: memory (more land with their issues)")
+    p.add_argument("benchmark", choices=("memory",), help="which benchmark")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help of each)")
+
     p = sub.add_parser("config", help="validate a config and print it resolved")
     train.add_config_args(p)
     p.add_argument("--reference", action="store_true", help="print the reference of every config key (markdown)")
@@ -50,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
             return train.run(cfg, path)
         if args.command == "config":
             return _config(args)
+        if args.command == "bench":
+            if args.benchmark == "memory":
+                from benchmarks.memory import main as bench_memory
+
+                return bench_memory(args.bench_args)
+        if args.command == "memory":
+            from memory_server.cli import run as run_memory
+
+            return run_memory(args)
     except ConfigError as e:
         print(f"epiq: config error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,187 @@
+"""The memory client/router that rollout actors call: scatter retrievals to shards, merge, Phase B; add; feedback.
+
+Owns: embedding the query, calling every shard's Phase A in parallel with a deadline, merging the global
+top-k1 by similarity, Phase B over the merged pool (``scoring.phase_b``), routing new memories to their
+shard, and sending reward events to the per-shard Redis streams (durable the moment XADD returns, so a
+shard that is down applies them when it is back). ``start_shards`` makes the shard actors.
+
+    shards = start_shards(cfg.memory, redis_url)                     # Ray actors, restarted if they die
+    mem = MemoryClient(shards, redis_url, cfg.memory, embedder)
+    got = await mem.retrieve("put a clean mug in the coffee machine")  # Retrieval(records, scores, ...)
+    mem.feedback("episode-17", [r.id for r in got.records], reward=1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from cluster.config import MemoryConfig
+from memory_server import keys, scoring
+from memory_server.records import MemoryRecord, RewardEvent, check_embedding, encode_reward_event
+
+
+@dataclass
+class Retrieval:
+    """What one retrieval injected: records best first, their Phase B scores and similarities."""
+
+    id: str
+    records: list[MemoryRecord]
+    scores: list[float]
+    sims: list[float]
+    pool: list[str]  # ids of the merged Phase A pool (top-k1 by similarity), best first
+    missing_shards: list[int] = field(default_factory=list)  # shards that did not answer in time
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+
+def merge_candidates(per_shard: Sequence[Sequence[tuple[float, MemoryRecord]]], k1: int) -> list[tuple[float, MemoryRecord]]:
+    """The global top-k1 by similarity over every shard's Phase A answer."""
+    pool = [c for answer in per_shard for c in answer]
+    pool.sort(key=lambda c: -c[0])
+    return pool[:k1]
+
+
+def select(pool: list[tuple[float, MemoryRecord]], *, lam: float, k2: int, q_floor: float | None,
+           epsilon: float, q_clip: float, rng: np.random.Generator | None) -> tuple[list[MemoryRecord], list[float], list[float]]:
+    """Phase B over the merged pool: returns (records, scores, sims) best first."""
+    if not pool:
+        return [], [], []
+    sims = np.array([s for s, _ in pool], dtype=np.float64)
+    qs = np.array([r.q for _, r in pool], dtype=np.float64)
+    idx, scores = scoring.phase_b(sims, qs, lam, k2, q_floor=q_floor, epsilon=epsilon, rng=rng, q_clip=q_clip)
+    return [pool[i][1] for i in idx], [float(s) for s in scores], [float(sims[i]) for i in idx]
+
+
+class MemoryClient:
+    """Retrieval, writes and reward events against a set of shard actors (Ray handles)."""
+
+    def __init__(self, shards: Sequence[Any], redis_url: str, cfg: MemoryConfig, embedder: Any = None,
+                 seed: int | None = None) -> None:
+        self.shards, self.cfg, self.embedder = list(shards), cfg, embedder
+        self.redis = redis.Redis.from_url(redis_url)
+        self.rng = np.random.default_rng(seed)
+
+    def embed(self, query: str | np.ndarray) -> np.ndarray:
+        if isinstance(query, str):
+            if self.embedder is None:
+                raise ValueError("this MemoryClient has no embedder: pass vectors, or give it one")
+            return self.embedder.encode([query])[0]
+        return check_embedding(query)
+
+    async def retrieve(self, query: str | np.ndarray, *, k1: int | None = None, k2: int | None = None,
+                       delta: float | None = None, lam: float | None = None) -> Retrieval:
+        """Two-phase value-aware retrieval; a shard that misses ``shard_timeout_s`` is listed in ``missing_shards``."""
+        c = self.cfg
+        k1, k2 = k1 or c.k1, k2 or c.k2
+        delta = c.delta if delta is None else delta
+        lam = c.lam if lam is None else lam
+        vec = self.embed(query)
+        tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta))) for s in self.shards]
+        done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s)
+        answers, missing = [], []
+        for i, t in enumerate(tasks):
+            if t in done and t.exception() is None:
+                answers.append(t.result())
+            else:
+                missing.append(i)
+                if t not in done:
+                    t.cancel()
+        return self._finish(answers, missing, k1, k2, lam)
+
+    def retrieve_blocking(self, query: str | np.ndarray, **kw: Any) -> Retrieval:
+        """``retrieve`` for synchronous callers (CLI, benchmarks); never call it inside an event loop."""
+        import ray
+
+        c = self.cfg
+        k1, k2 = kw.get("k1") or c.k1, kw.get("k2") or c.k2
+        delta = c.delta if kw.get("delta") is None else kw["delta"]
+        lam = c.lam if kw.get("lam") is None else kw["lam"]
+        vec = self.embed(query)
+        refs = [s.search.remote(vec, k1, delta) for s in self.shards]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=c.shard_timeout_s)
+        answers, missing = [], []
+        for i, ref in enumerate(refs):
+            try:
+                if ref not in ready:
+                    raise TimeoutError
+                answers.append(ray.get(ref))
+            except Exception:  # a dead or slow shard: report it, answer from the others
+                missing.append(i)
+        return self._finish(answers, missing, k1, k2, lam)
+
+    def _finish(self, answers: list, missing: list[int], k1: int, k2: int, lam: float) -> Retrieval:
+        c = self.cfg
+        pool = merge_candidates(answers, k1)
+        records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
+                                       q_clip=c.q_clip, rng=self.rng)
+        return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing)
+
+    async def add(self, records: Sequence[MemoryRecord]) -> list[str]:
+        """Write new memories through their owning shards; returns the ids written."""
+        by_shard: dict[int, list[MemoryRecord]] = defaultdict(list)
+        for r in records:
+            by_shard[keys.shard_of(r.id, len(self.shards))].append(r)
+        written = await asyncio.gather(*[_as_future(self.shards[s].add.remote(rs)) for s, rs in by_shard.items()])
+        return [i for ids in written for i in ids]
+
+    def add_blocking(self, records: Sequence[MemoryRecord]) -> list[str]:
+        import ray
+
+        by_shard: dict[int, list[MemoryRecord]] = defaultdict(list)
+        for r in records:
+            by_shard[keys.shard_of(r.id, len(self.shards))].append(r)
+        return [i for ids in ray.get([self.shards[s].add.remote(rs) for s, rs in by_shard.items()]) for i in ids]
+
+    def feedback(self, episode_id: str, memory_ids: Sequence[str], reward: float, *, adapter_version: int = 0,
+                 memory_version: int = 0) -> int:
+        """Send the episode's reward for its injected memories: one stream entry per owning shard."""
+        return self.feedback_many([(episode_id, memory_ids, reward)], adapter_version=adapter_version,
+                                  memory_version=memory_version)
+
+    def feedback_many(self, items: Sequence[tuple[str, Sequence[str], float]], *, adapter_version: int = 0,
+                      memory_version: int = 0) -> int:
+        """``feedback`` for many episodes in one pipeline round trip; returns the stream entries written."""
+        now, written = time.time(), 0
+        pipe = self.redis.pipeline(transaction=False)
+        for episode_id, memory_ids, reward in items:
+            by_shard: dict[int, list[str]] = defaultdict(list)
+            for m in dict.fromkeys(memory_ids):  # de-duplicated, order kept
+                by_shard[keys.shard_of(m, len(self.shards))].append(m)
+            for s, ids in by_shard.items():
+                ev = RewardEvent(episode_id, ids, float(reward), now, adapter_version, memory_version)
+                pipe.xadd(keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)})
+                written += 1
+        pipe.execute()
+        return written
+
+
+async def _as_future(ref: Any) -> Any:
+    return await ref
+
+
+def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = 0.5, resources: dict | None = None) -> list[Any]:
+    """Create ``cfg.shards`` shard actors; Ray restarts one that dies, and it rebuilds from Redis."""
+    import ray
+
+    from memory_server.shard import MemoryShard
+
+    actor = ray.remote(MemoryShard)
+    handles = [
+        actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus, resources=resources or {},
+                      max_restarts=-1, max_task_retries=0, max_concurrency=8)
+        .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index, claim_idle_s=cfg.claim_idle_s)
+        for i in range(cfg.shards)
+    ]
+    ray.get([h.size.remote() for h in handles])  # wait until every shard has loaded its memories
+    return handles

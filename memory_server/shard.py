@@ -1,0 +1,229 @@
+"""One memory shard: the in-memory index of the memories whose ids hash to it, and its reward-stream consumer.
+
+Owns: rebuilding its index (embeddings, Q, records) from Redis at start, Phase A search over its memories,
+adding new memories, and applying the reward events of its Redis stream through a consumer group —
+its own un-acknowledged entries first after a restart, then new ones, and entries left pending by any dead
+consumer (XAUTOCLAIM). Effects are exactly-once: the store's Lua script applies an (episode, memory) pair once,
+and an entry is acknowledged only after it was applied. A malformed entry goes to the dead-letter stream.
+
+A plain class; the cluster makes it a Ray actor (``start_shards``) with restarts, so a killed shard comes back,
+rebuilds from Redis and finishes what it had not acknowledged. Without Ray:
+
+    shard = MemoryShard(url, "ns", shard=0, shards=1, alpha=0.3, consume=False)
+    shard.search(vec, k1=5, delta=0.3); shard.drain()          # apply everything waiting in the stream
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from memory_server import keys
+from memory_server.index import VectorIndex, make_index
+from memory_server.records import MemoryRecord, WireError, check_embedding, decode_reward_event
+from memory_server.store import MemoryStore
+
+log = logging.getLogger(__name__)
+
+GROUP = "shards"
+
+
+class MemoryShard:
+    """The memories with ``shard_of(id) == shard``: index, records and Q in memory; Redis is the truth."""
+
+    def __init__(self, redis_url: str, namespace: str, shard: int, shards: int, *, alpha: float,
+                 index: str = "exact", claim_idle_s: float = 30.0, batch: int = 1000, consume: bool = True) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.store = MemoryStore(self.client, namespace, shards)
+        self.namespace, self.shard, self.shards = namespace, shard, shards
+        self.alpha, self.index_kind, self.batch = alpha, index, batch
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        self.stream = keys.reward_stream(namespace, shard)
+        self.dead_letter = keys.dead_letter_stream(namespace)
+        self.consumer = f"shard-{shard}"  # stable: a restarted shard re-reads its own pending entries first
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0}
+        self._ensure_group()
+        self.rebuild()
+        self._backlog = True  # own pending entries (from before a restart) are processed first
+        if consume:
+            self.start()
+
+    # ------------------------------------------------------------------ index
+
+    def rebuild(self) -> int:
+        """Reload this shard's memories from Redis; returns how many."""
+        t0 = time.perf_counter()
+        records = {r.id: r for r in self.store.iter_shard(self.shard)}
+        dim = self.store.dim()
+        index = make_index(self.index_kind, dim) if dim else None  # type: ignore[arg-type]
+        if index is not None and records:
+            index.add(list(records), np.stack([r.embedding for r in records.values()]))
+        with self._lock:
+            self.records, self.index = records, index
+        log.info("shard %d of %s: %d memories loaded in %.2fs", self.shard, self.namespace, len(records),
+                 time.perf_counter() - t0)
+        return len(records)
+
+    def _get_index(self, dim: int) -> VectorIndex:
+        if self.index is None:
+            self.index = make_index(self.index_kind, dim)  # type: ignore[arg-type]
+        return self.index
+
+    def search(self, query: np.ndarray, k1: int, delta: float) -> list[tuple[float, MemoryRecord]]:
+        """Phase A on this shard: up to ``k1`` memories with cosine > δ, best first, with their current Q."""
+        with self._lock:
+            if self.index is None or len(self.index) == 0:
+                return []
+            query = check_embedding(query, self.index.dim)
+            ids, sims = self.index.search(query, k1)
+            return [(float(s), self.records[i]) for i, s in zip(ids, sims) if s > delta]
+
+    def add(self, records: Sequence[MemoryRecord]) -> list[str]:
+        """Write new memories (Redis first, then the index); returns the ids written."""
+        records = [r for r in records if keys.shard_of(r.id, self.shards) == self.shard]
+        written = set(self.store.add(records))
+        fresh = [r for r in records if r.id in written]
+        if fresh:
+            with self._lock:
+                self._get_index(fresh[0].embedding.shape[0]).add([r.id for r in fresh], np.stack([r.embedding for r in fresh]))
+                self.records.update((r.id, r) for r in fresh)
+        return [r.id for r in fresh]
+
+    def forget(self, ids: Sequence[str]) -> int:
+        """Drop evicted memories from the index (the store already deleted them)."""
+        with self._lock:
+            gone = [i for i in ids if i in self.records]
+            if gone and self.index is not None:
+                self.index.remove(gone)
+            for i in gone:
+                del self.records[i]
+        return len(gone)
+
+    def get(self, ids: Sequence[str]) -> list[MemoryRecord | None]:
+        with self._lock:
+            return [self.records.get(i) for i in ids]
+
+    def size(self) -> int:
+        return len(self.records)
+
+    # ------------------------------------------------------------------ reward stream
+
+    def _ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def consume(self, block_ms: int | None = 100) -> int:
+        """Read and apply one batch (own backlog first, then new entries); returns entries handled.
+
+        ``block_ms=None`` never waits; otherwise it waits up to ``block_ms`` for new entries.
+        """
+        start = "0" if self._backlog else ">"
+        reply = self.client.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=self.batch,
+                                       block=None if self._backlog else block_ms)
+        entries = reply[0][1] if reply else []
+        if self._backlog and not entries:
+            self._backlog = False
+        return self._handle(entries)
+
+    def reclaim(self) -> int:
+        """Take over entries another (dead) consumer left pending longer than ``claim_idle_s``, and apply them."""
+        handled, cursor = 0, "0-0"
+        while True:
+            cursor, entries, *_ = self.client.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms,
+                                                         start_id=cursor, count=self.batch)
+            handled += self._handle(entries)
+            self.stats["reclaimed"] += len(entries)
+            if cursor in (b"0-0", "0-0"):
+                return handled
+
+    def _handle(self, entries: list) -> int:
+        if not entries:
+            return 0
+        events: list[tuple[str, str, float]] = []
+        dead = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending
+                continue
+            try:
+                ev = decode_reward_event(fields[b"e"]) if b"e" in fields else None
+                if ev is None:
+                    raise WireError("entry has no 'e' field")
+                events.extend((m, ev.episode_id, ev.reward) for m in ev.memory_ids)
+            except WireError as e:
+                dead.append((entry_id, fields, str(e)))
+        results = self.store.apply_rewards(events, self.alpha) if events else []
+        with self._lock:
+            for res in results:
+                self.stats[res.status] += 1
+                rec = self.records.get(res.memory_id)
+                if rec is not None and res.q is not None:
+                    rec.q = res.q
+                    if res.status == "applied":
+                        rec.visits += 1
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, fields, reason in dead:
+            pipe.xadd(self.dead_letter, {"stream": self.stream, "entry": entry_id, "reason": reason,
+                                         "raw": repr(fields)[:2000]})
+            self.stats["dead_letter"] += 1
+            log.warning("reward entry %s of %s is malformed (%s): sent to %s", entry_id, self.stream, reason, self.dead_letter)
+        pipe.xack(self.stream, GROUP, *[e for e, _ in entries])
+        pipe.execute()
+        return len(entries)
+
+    def drain(self, max_loops: int = 1_000_000) -> int:
+        """Apply everything waiting (backlog, new, reclaimable) and return; for tests and batch jobs."""
+        total = 0
+        for _ in range(max_loops):
+            was_backlog = self._backlog
+            n = self.consume(block_ms=None)
+            total += n
+            if n == 0 and not was_backlog:
+                break
+        return total + self.reclaim()
+
+    def pending(self) -> int:
+        return int(self.client.xpending(self.stream, GROUP)["pending"])
+
+    # ------------------------------------------------------------------ background loop
+
+    def start(self) -> None:
+        """Consume the reward stream on a background thread until ``stop``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"shard-{self.shard}-consumer", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        last_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                self.consume()
+                if time.monotonic() - last_claim > self.claim_idle_ms / 2000:
+                    self.reclaim()
+                    last_claim = time.monotonic()
+            except redis.RedisError as e:  # deliberate retry: the server may be restarting or was flushed
+                log.warning("shard %d: %s: %s; retrying", self.shard, type(e).__name__, e)
+                self._backlog = True
+                self._stop.wait(0.5)
+                with contextlib.suppress(redis.RedisError):
+                    self._ensure_group()  # the stream and group are gone after a flush or a restart without AOF
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def info(self) -> dict:
+        return {"shard": self.shard, "memories": len(self.records), "pending": self.pending(), **self.stats}

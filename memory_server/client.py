@@ -166,6 +166,30 @@ class MemoryClient:
         return written
 
 
+    def enforce_capacity(self) -> list[str]:
+        """Evict down to ``memory.capacity`` (lowest Q − age weight first) and drop the evicted ids from the shards."""
+        import ray
+
+        from memory_server.store import MemoryStore
+
+        store = MemoryStore(self.redis, self.cfg.namespace, len(self.shards))
+        evicted = store.evict(self.cfg.capacity, self.cfg.evict_age_weight)
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for m in evicted:
+            by_shard[keys.shard_of(m, len(self.shards))].append(m)
+        ray.get([self.shards[s].forget.remote(ids) for s, ids in by_shard.items()])
+        return evicted
+
+    def stats(self) -> dict[str, Any]:
+        """Namespace counters and Q summary from Redis, plus each shard's consumer statistics."""
+        import ray
+
+        from memory_server.store import MemoryStore
+
+        store = MemoryStore(self.redis, self.cfg.namespace, len(self.shards))
+        return {**store.q_stats(), "shards": ray.get([s.info.remote() for s in self.shards])}
+
+
 async def _as_future(ref: Any) -> Any:
     return await ref
 

@@ -208,3 +208,61 @@ def test_rollback_restores_the_snapshot_exactly(redis_url: str, tmp_path: Path) 
     shard.rebuild()
     assert store.get(ids) == before
     assert shard.size() == 6
+
+
+@pytest.mark.slow
+def test_capacity_evicts_lowest_utility_from_store_and_shards(ray_session, redis_url: str) -> None:
+    ray = ray_session
+    ns = "cap"
+    cfg = MemoryConfig(namespace=ns, shards=2, capacity=10, evict_age_weight=0.0, k1=20, k2=5, delta=-1.0)
+    handles = start_shards(cfg, redis_url)
+    mem = MemoryClient(handles, redis_url, cfg)
+    records = _records(15, ns)
+    for i, r in enumerate(records):
+        r.q = i / 10  # m0000 .. m0004 have the lowest utility
+    mem.add_blocking(records)
+    evicted = mem.enforce_capacity()
+    assert sorted(evicted) == [f"m{i:04d}" for i in range(5)]
+    assert sum(ray.get([h.size.remote() for h in handles])) == 10
+    got = mem.retrieve_blocking(records[0].embedding)
+    assert not set(got.pool) & set(evicted)
+    assert mem.stats()["count"] == 10
+    for h in handles:
+        ray.kill(h, no_restart=True)
+
+
+def test_memory_cli_stats_snapshot_rollback_export_import(redis_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ns = "cli"
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    ids = shard.add(_records(4, ns))
+    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback("ep", ids[:2], 1.0)
+    shard.drain()
+    root = Path(__file__).resolve().parents[2]
+
+    def epiq(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cluster.cli", "memory", *args], cwd=root, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "EPIQ_REDIS_URL": redis_url})
+
+    res = epiq("stats", "--namespace", ns)
+    assert res.returncode == 0, res.stderr
+    assert "memories: 4" in res.stdout and "success: 2" in res.stdout and "Q histogram" in res.stdout
+    snap = tmp_path / "m.msgpack"
+    assert epiq("snapshot", "--namespace", ns, "--out", str(snap)).returncode == 0
+    from_file = epiq("stats", "--file", str(snap))
+    assert from_file.returncode == 0 and from_file.stdout == res.stdout
+    top = epiq("top", "--namespace", ns, "-k", "1")
+    assert top.stdout.startswith(ids[0][:12]) or top.stdout.startswith(ids[1][:12])
+    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback("ep2", ids, -1.0)
+    shard.drain()
+    assert epiq("stats", "--namespace", ns).stdout != res.stdout
+    assert epiq("rollback", "--namespace", ns, "--in", str(snap)).returncode == 0
+    assert epiq("stats", "--namespace", ns).stdout == res.stdout
+    out = tmp_path / "m.jsonl"
+    assert epiq("export", "--namespace", ns, "--out", str(out), "--with-embeddings").returncode == 0
+    assert epiq("import", "--namespace", "cli2", "--in", str(out)).returncode == 0
+    assert epiq("stats", "--namespace", "cli2").stdout == res.stdout
+    bad = epiq("rollback", "--namespace", ns, "--in", str(tmp_path / "missing.msgpack"))
+    assert bad.returncode == 2 and "epiq memory: error" in bad.stderr

@@ -1,0 +1,139 @@
+"""Run metrics: every finished episode (``episodes.jsonl``), per-epoch figures (``metrics.jsonl`` + TensorBoard),
+the live progress line, and Last / CSR — the MemRL protocol's two numbers.
+
+Owns: appending episodes as they finish (the record that ``run.resume`` continues from), closing an epoch when
+all its tasks are in (success rate, CSR, steps, tokens/s, episodes/s, retrieval hit rate, Q statistics), and
+reading a run folder back.
+
+    rec = Recorder(run_dir, tasks=[t.task_id for t in tasks], epochs=10, q_stats=lambda seed: mem.stats())
+    rec.record(traj)            # appends to episodes.jsonl; closes the epoch when complete
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def csr(solved_by_epoch: list[set[str]], n_tasks: int) -> list[float]:
+    """Cumulative success rate: fraction of tasks solved at least once up to each epoch."""
+    seen: set[str] = set()
+    out = []
+    for solved in solved_by_epoch:
+        seen |= solved
+        out.append(len(seen) / n_tasks if n_tasks else 0.0)
+    return out
+
+
+class Recorder:
+    """Episodes and epoch metrics of one run folder (all seeds)."""
+
+    def __init__(self, run_dir: Path, tasks: list[str], epochs: int, q_stats: Callable[[int], dict] | None = None,
+                 progress: TextIO | None = sys.stderr, tensorboard: bool = True) -> None:
+        self.run_dir, self.tasks, self.epochs, self.q_stats = run_dir, list(tasks), epochs, q_stats
+        self.progress = progress
+        self.episodes_path, self.metrics_path = run_dir / "episodes.jsonl", run_dir / "metrics.jsonl"
+        self.results: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)  # (seed, epoch) -> task -> episode
+        self.closed: set[tuple[int, int]] = set()
+        self.epoch_rows: list[dict] = []
+        self._t0, self._n, self._won = time.perf_counter(), 0, 0
+        self._epoch_start: dict[tuple[int, int], float] = {}
+        self._load()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def _load(self) -> None:
+        """Read back a run folder (resume): episodes already recorded, epochs already closed."""
+        if self.episodes_path.exists():
+            for line in self.episodes_path.read_text().splitlines():
+                if line.strip():
+                    ep = json.loads(line)
+                    self.results[(ep["seed"], ep["epoch"])][ep["task_id"]] = ep
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.epoch_rows.append(row)
+                    self.closed.add((row["seed"], row["epoch"]))
+
+    def finished(self, seed: int) -> set[tuple[int, str]]:
+        return {(e, t) for (s, e), tasks in self.results.items() if s == seed for t in tasks}
+
+    def record(self, traj: Any, attempt: int = 0) -> None:
+        key = (traj.seed, traj.epoch)
+        if traj.task_id in self.results[key]:
+            return  # a re-dispatched episode that also finished: the first result counts
+        ep = {**traj.summary(), "attempt": attempt}
+        self.results[key][traj.task_id] = ep
+        with self.episodes_path.open("a") as f:
+            f.write(json.dumps(ep) + "\n")
+        self._epoch_start.setdefault(key, time.perf_counter() - traj.timings.get("total", 0.0))
+        self._n += 1
+        self._won += int(ep["won"])
+        self._show(traj)
+        if len(self.results[key]) == len(self.tasks) and key not in self.closed:
+            self._close(*key)
+
+    def _show(self, traj: Any) -> None:
+        if self.progress is None:
+            return
+        rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
+        total = self.epochs * len(self.tasks)
+        done = len(self.results[(traj.seed, traj.epoch)])
+        self.progress.write(f"\r[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{len(self.tasks)} tasks  "
+                            f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} episodes, {total} per seed)   ")
+        self.progress.flush()
+
+    def _close(self, seed: int, epoch: int) -> None:
+        eps = list(self.results[(seed, epoch)].values())
+        solved = [{t for t, e in self.results[(seed, ep)].items() if e["won"]} for ep in range(epoch + 1)]
+        wall = max(time.perf_counter() - self._epoch_start.get((seed, epoch), time.perf_counter()), 1e-9)
+        tokens = sum(e["generated_tokens"] for e in eps)
+        row = {
+            "seed": seed, "epoch": epoch, "episodes": len(eps),
+            "success_rate": sum(e["won"] for e in eps) / len(eps),
+            "csr": csr(solved, len(self.tasks))[-1],
+            "errors": sum(1 for e in eps if e["error"]),
+            "steps_mean": sum(e["steps"] for e in eps) / len(eps),
+            "retrieval_hit_rate": sum(1 for e in eps if e["retrieved_ids"]) / len(eps),
+            "tokens_per_s": tokens / wall, "episodes_per_s": len(eps) / wall, "wall_s": wall,
+        }
+        if self.q_stats is not None:
+            stats = self.q_stats(seed)
+            row.update({f"memory_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+        self.epoch_rows.append(row)
+        self.closed.add((seed, epoch))
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            step = epoch + 1
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("seed", "epoch"):
+                    self._tb.add_scalar(f"seed{seed}/{k}", v, step)
+            self._tb.flush()
+        if self.progress is not None:
+            self.progress.write(f"\nepoch {epoch + 1} (seed {seed}): success {row['success_rate']:.1%}  CSR {row['csr']:.1%}  "
+                                f"hit {row['retrieval_hit_rate']:.0%}  {row['episodes_per_s']:.2f} ep/s\n")
+
+    def summary(self) -> dict[str, Any]:
+        """Last and CSR per seed (and their mean) from the closed epochs."""
+        by_seed: dict[int, list[dict]] = defaultdict(list)
+        for row in self.epoch_rows:
+            by_seed[row["seed"]].append(row)
+        per_seed = {s: {"last": rows[-1]["success_rate"], "csr": rows[-1]["csr"], "epochs": len(rows)}
+                    for s, rows in ((s, sorted(r, key=lambda x: x["epoch"])) for s, r in by_seed.items())}
+        n = len(per_seed) or 1
+        return {"seeds": per_seed, "last": sum(v["last"] for v in per_seed.values()) / n,
+                "csr": sum(v["csr"] for v in per_seed.values()) / n}
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

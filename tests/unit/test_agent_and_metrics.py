@@ -1,0 +1,61 @@
+"""Agent helpers (prompt budget, action parsing, experience text) and run metrics (CSR, Recorder, resume)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from actors.agent import Trajectory, build_prompt, experience_text, parse_action
+from cluster.metrics import Recorder, csr
+
+
+def test_parse_action_maps_to_an_admissible_command() -> None:
+    adm = ["go north", "go south", "take coin"]
+    assert parse_action("go north", adm) == "go north"
+    assert parse_action("  Take Coin\nmore", adm) == "take coin"
+    assert parse_action("go nor", adm) == "go north"
+    assert parse_action("tkae coin", adm) == "take coin"
+    assert parse_action("", adm) in adm
+    assert parse_action("xyzzy", []) == "xyzzy"
+
+
+def test_prompt_keeps_best_experiences_within_the_budget() -> None:
+    count = lambda s: len(s.split())  # noqa: E731
+    exps = ["a " * 10, "b " * 10, "c " * 10]
+    full = build_prompt("get the coin", "You are in a room.", ["go east"], exps, [], count, budget=1000)
+    assert "Experience 3" in full
+    tight = build_prompt("get the coin", "You are in a room.", ["go east"], exps, [], count, budget=30)
+    assert "Experience 1" in tight and "Experience 2" not in tight
+    assert tight.rstrip().endswith(">") and "go east" in tight
+
+
+def test_experience_text_success_script_and_failure_reflection() -> None:
+    assert experience_text(True, ["go east", "take coin"], "find the coin.", "You win") == \
+        "SUCCESS. To find the coin: go east ; take coin"
+    fail = experience_text(False, ["go west"], "find the coin", "A dead end.")
+    assert fail.startswith("FAILURE.") and "go west" in fail and "dead end" in fail
+
+
+def test_csr_is_cumulative() -> None:
+    assert csr([{"a"}, set(), {"b"}, {"a", "c"}], 4) == [0.25, 0.25, 0.5, 0.75]
+
+
+def _traj(task: str, epoch: int, won: bool, seed: int = 0) -> Trajectory:
+    return Trajectory(f"s{seed}-e{epoch}-{task}", task, epoch, seed, won=won, steps=3, generated_tokens=10,
+                      retrieved_ids=["m"] if epoch else [], timings={"total": 0.1})
+
+
+def test_recorder_closes_epochs_and_resumes_from_the_folder(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, ["a", "b"], epochs=2, progress=io.StringIO(), tensorboard=False)
+    rec.record(_traj("a", 0, True))
+    rec.record(_traj("a", 0, False))  # a duplicate result (re-dispatch) is ignored
+    rec.record(_traj("b", 0, False))
+    rec.record(_traj("a", 1, False))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["success_rate"] == 0.5 and rows[0]["csr"] == 0.5
+    again = Recorder(tmp_path, ["a", "b"], epochs=2, progress=None, tensorboard=False)
+    assert again.finished(0) == {(0, "a"), (0, "b"), (1, "a")}
+    again.record(_traj("b", 1, True))
+    s = again.summary()
+    assert s["last"] == 0.5 and s["csr"] == 1.0 and s["seeds"][0]["epochs"] == 2

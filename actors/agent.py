@@ -32,10 +32,11 @@ class EpisodeSpec:
     seed: int
     attempt: int = 0
     learn: bool = True  # False: frozen-memory evaluation (no feedback, no writes)
+    run_id: str = ""  # the run folder's name: episodes of different runs never share ids in a shared Redis
 
     @property
     def episode_id(self) -> str:
-        return f"s{self.seed}-e{self.epoch}-{self.task.task_id}"
+        return f"{self.run_id}/s{self.seed}-e{self.epoch}-{self.task.task_id}"
 
 
 @dataclass
@@ -138,7 +139,7 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
         experiences: list[str] = []
         if memory is not None:
             t0 = time.perf_counter()
-            got = await memory.retrieve(obs.intent)
+            got = await memory.retrieve(obs.intent, episode_id=spec.episode_id)
             timings["memory"] += time.perf_counter() - t0
             experiences = [r.experience for r in got.records]
             traj.retrieved_ids, traj.retrieval_scores, traj.retrieval_pool = got.ids, got.scores, len(got.pool)
@@ -146,7 +147,7 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
 
         # 2. act until done or out of steps
         history: list[tuple[str, str]] = []
-        observation, admissible, done, won = obs.text, obs.admissible, False, False
+        observation, admissible, done, won = obs.text, obs.admissible_actions, False, False
         for _ in range(cfg.env.max_steps):
             prompt = build_prompt(obs.goal, observation, admissible, experiences, history[-4:], count_tokens,
                                   cfg.llm.max_model_len - cfg.llm.max_new_tokens - 8)
@@ -163,7 +164,7 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
             traj.generated_tokens += len(gen.output_token_ids)
             traj.actions.append(action)
             history.append((action, step.observation))
-            observation, admissible, done, won = step.observation, step.admissible, step.done, step.won
+            observation, admissible, done, won = step.observation, step.admissible_actions, step.done, step.won
             if done:
                 break
         traj.won, traj.steps = bool(won), len(traj.actions)

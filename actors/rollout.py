@@ -81,5 +81,6 @@ def start_rollout_workers(cfg: Config, model_path: str, engines: list[Any] | Non
 
     actor = ray.remote(RolloutWorker)
     n = cfg.rollout.actors if count is None else count
-    return [actor.options(max_concurrency=cfg.rollout.concurrency, num_cpus=0, max_restarts=0)
+    return [actor.options(max_concurrency=cfg.rollout.concurrency, num_cpus=0, max_restarts=0,
+                          resources=dict(cfg.rollout.resources))
             .remote(cfg, model_path, engines, shards, redis_url, i) for i in range(first_id, first_id + n)]

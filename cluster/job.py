@@ -67,7 +67,7 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
             def spawn(i: int, scfg: Config = scfg, shards: Any = shards) -> Any:
                 return start_rollout_workers(scfg, model_path, engines, shards, redis_url, first_id=i, count=1)[0]
 
-            sched = Scheduler(scfg, tasks, spawn, recorder)
+            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_dir.name)
             try:
                 sched.run_seed(seed, done=recorder.finished(seed), max_episodes=max_episodes)
             finally:

@@ -24,12 +24,22 @@ from cluster.metrics import Recorder
 log = logging.getLogger(__name__)
 
 
+def _next_free(queue: deque[EpisodeSpec], busy: set[str]) -> EpisodeSpec | None:
+    """Take the first queued episode whose task is not in flight (queue order is epoch order)."""
+    for i, spec in enumerate(queue):
+        if spec.task.task_id not in busy:
+            del queue[i]
+            return spec
+    return None
+
+
 class Scheduler:
     """Runs episodes on a set of rollout actors; ``spawn_worker(i)`` makes actor number i (used for replacements)."""
 
     def __init__(self, cfg: Config, tasks: list[Any], spawn_worker: Callable[[int], Any], recorder: Recorder,
-                 learn: bool = True) -> None:
+                 learn: bool = True, run_id: str = "") -> None:
         self.cfg, self.tasks, self.spawn, self.recorder, self.learn = cfg, tasks, spawn_worker, recorder, learn
+        self.run_id = run_id
         self.workers = [spawn_worker(i) for i in range(cfg.rollout.actors)]
         self.next_worker_id = len(self.workers)
         self.replaced = 0
@@ -39,7 +49,7 @@ class Scheduler:
         import ray
 
         done = done or set()
-        queue = deque(EpisodeSpec(task, epoch, seed, learn=self.learn)
+        queue = deque(EpisodeSpec(task, epoch, seed, learn=self.learn, run_id=self.run_id)
                       for epoch in range(self.cfg.rollout.epochs) for task in self.tasks
                       if (epoch, task.task_id) not in done)
         in_flight: dict[Any, tuple[EpisodeSpec, int]] = {}  # ref -> (spec, worker index)
@@ -48,9 +58,11 @@ class Scheduler:
         finished = 0
         while queue or in_flight:
             # 1. dispatch: async keeps the pipe full; sync only refills once the whole batch is back
+            #    (a task's next epoch starts only after its previous one is in: memory learns between epochs)
             if self.cfg.rollout.mode == "async" or not in_flight:
-                while queue and len(in_flight) < limit:
-                    spec = queue.popleft()
+                busy = {s.task.task_id for s, _ in in_flight.values()}
+                while len(in_flight) < limit and (spec := _next_free(queue, busy)) is not None:
+                    busy.add(spec.task.task_id)
                     w = min(range(len(self.workers)), key=load.__getitem__)
                     in_flight[self.workers[w].run.remote(spec)] = (spec, w)
                     load[w] += 1
@@ -95,7 +107,7 @@ class Scheduler:
                 self.recorder.record(Trajectory(s.episode_id, s.task.task_id, s.epoch, s.seed,
                                                 error=f"rollout actor died {s.attempt + 1} times"), attempt=s.attempt)
             else:
-                again.append(EpisodeSpec(s.task, s.epoch, s.seed, s.attempt + 1, s.learn))
+                again.append(EpisodeSpec(s.task, s.epoch, s.seed, s.attempt + 1, s.learn, s.run_id))
         return list(reversed(again))  # extendleft reverses: keep the original order
 
     def shutdown(self) -> None:

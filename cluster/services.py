@@ -54,6 +54,7 @@ def redirect_caches(cache_dir: Path) -> dict[str, str]:
         "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
         "TRITON_CACHE_DIR": str(cache_dir / "triton"),
         "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": "WARNING",  # per-engine INFO lines would flood the driver's output
     }
     for key, value in env.items():
         os.environ.setdefault(key, value)

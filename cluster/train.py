@@ -69,14 +69,13 @@ def run(cfg: Config, config_path: str) -> int:
         with LocalServices(cfg, run_dir) as services:
             health = services.health()
             log.info("services: %s", health)
-            if cfg.memory.enabled:
-                from memory_server.embedder import load_embedder
-
-                embedder = load_embedder(cfg.memory.embedder)
-                log.info("embedder %s: dim %d", embedder.name, embedder.dim)
             print(f"epiq: services healthy (redis {health['redis_ping_ms']} ms, ray task {health['ray_task_ms']} ms); "
                   f"run folder {run_dir}", flush=True)
-            print("epiq: the rollout plane is not built yet (issue #4): stopping the services and exiting", flush=True)
+            from cluster.job import run_job
+
+            summary = run_job(cfg, run_dir, services.redis_url)
+            print(f"\nepiq: done: Last {summary['last']:.1%}  CSR {summary['csr']:.1%}  "
+                  f"(summary in {run_dir / 'summary.json'})", flush=True)
     except (ServiceError, RuntimeError) as e:
         log.error("%s", e)
         print(f"epiq: error: {e}", file=sys.stderr)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import msgpack
 import redis
 
 from cluster.config import MemoryConfig
 from memory_server import keys, scoring
-from memory_server.records import MemoryRecord, RewardEvent, check_embedding, encode_reward_event
+from memory_server.records import MemoryRecord, Provenance, RewardEvent, check_embedding, encode_reward_event
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Retrieval:
     sims: list[float]
     pool: list[str]  # ids of the merged Phase A pool (top-k1 by similarity), best first
     missing_shards: list[int] = field(default_factory=list)  # shards that did not answer in time
+    memory_version: int = 0  # the namespace's write counter when the retrieval ran
 
     @property
     def ids(self) -> list[str]:
@@ -80,13 +82,19 @@ class MemoryClient:
         return check_embedding(query)
 
     async def retrieve(self, query: str | np.ndarray, *, k1: int | None = None, k2: int | None = None,
-                       delta: float | None = None, lam: float | None = None) -> Retrieval:
-        """Two-phase value-aware retrieval; a shard that misses ``shard_timeout_s`` is listed in ``missing_shards``."""
+                       delta: float | None = None, lam: float | None = None, episode_id: str | None = None) -> Retrieval:
+        """Two-phase value-aware retrieval; a shard that misses ``shard_timeout_s`` is listed in ``missing_shards``.
+
+        With ``episode_id`` the result is pinned to the episode: a retry of the same episode (its actor died)
+        gets the same memories back, so the episode's reward reaches exactly the memories it injected.
+        """
+        if episode_id is not None and (pinned := await asyncio.to_thread(self._pinned, episode_id)) is not None:
+            return pinned
         c = self.cfg
         k1, k2 = k1 or c.k1, k2 or c.k2
         delta = c.delta if delta is None else delta
         lam = c.lam if lam is None else lam
-        vec = self.embed(query)
+        vec = await asyncio.to_thread(self.embed, query)
         tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta))) for s in self.shards]
         done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s)
         answers, missing = [], []
@@ -97,7 +105,32 @@ class MemoryClient:
                 missing.append(i)
                 if t not in done:
                     t.cancel()
-        return self._finish(answers, missing, k1, k2, lam)
+        got = self._finish(answers, missing, k1, k2, lam)
+        if episode_id is not None:
+            got = await asyncio.to_thread(self._pin, episode_id, got)
+        return got
+
+    def _pin(self, episode_id: str, got: Retrieval) -> Retrieval:
+        """Store ``got`` as the episode's retrieval unless one is already there (then return that one)."""
+        blob = msgpack.packb([got.id, got.ids, got.scores, got.sims, got.pool, got.missing_shards,
+                              got.memory_version])
+        key = keys.episode_retrieval_key(self.cfg.namespace, episode_id)
+        if self.redis.set(key, blob, nx=True, ex=keys.EPISODE_PIN_TTL_S):
+            return got
+        return self._pinned(episode_id) or got
+
+    def _pinned(self, episode_id: str) -> Retrieval | None:
+        """The episode's pinned retrieval, its records re-read from Redis (evicted ones are left out)."""
+        from memory_server.store import MemoryStore
+
+        blob = self.redis.get(keys.episode_retrieval_key(self.cfg.namespace, episode_id))
+        if blob is None:
+            return None
+        rid, ids, scores, sims, pool, missing, version = msgpack.unpackb(blob)
+        records = MemoryStore(self.redis, self.cfg.namespace, self.cfg.shards).get(ids)
+        keep = [i for i, r in enumerate(records) if r is not None]
+        return Retrieval(rid, [records[i] for i in keep], [scores[i] for i in keep], [sims[i] for i in keep], pool,
+                         missing, version)
 
     def retrieve_blocking(self, query: str | np.ndarray, **kw: Any) -> Retrieval:
         """``retrieve`` for synchronous callers (CLI, benchmarks); never call it inside an event loop."""
@@ -125,7 +158,8 @@ class MemoryClient:
         pool = merge_candidates(answers, k1)
         records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
                                        q_clip=c.q_clip, rng=self.rng)
-        return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing)
+        version = int(self.redis.hget(keys.meta_key(c.namespace), "version") or 0)
+        return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing, version)
 
     async def add(self, records: Sequence[MemoryRecord]) -> list[str]:
         """Write new memories through their owning shards; returns the ids written."""
@@ -134,6 +168,17 @@ class MemoryClient:
             by_shard[keys.shard_of(r.id, len(self.shards))].append(r)
         written = await asyncio.gather(*[_as_future(self.shards[s].add.remote(rs)) for s, rs in by_shard.items()])
         return [i for ids in written for i in ids]
+
+    async def write_episode(self, *, episode_id: str, intent: str, experience: str, won: bool, task_id: str, env: str,
+                            model_id: str, adapter_version: int, writer: str, retrieved_ids: list[str]) -> str:
+        """Write an episode's experience as a new memory (id derived from the episode: a retried episode writes once)."""
+        vec = await asyncio.to_thread(self.embed, intent)
+        rec = MemoryRecord(namespace=self.cfg.namespace, intent=intent, embedding=vec, experience=experience,
+                           kind="success" if won else "failure", q=self.cfg.q_init, id=memory_id_for(episode_id),
+                           provenance=Provenance(episode_id, task_id, env, model_id, adapter_version, writer,
+                                                 list(retrieved_ids)))
+        await self.add([rec])
+        return rec.id
 
     def add_blocking(self, records: Sequence[MemoryRecord]) -> list[str]:
         import ray
@@ -190,6 +235,11 @@ class MemoryClient:
         return {**store.q_stats(), "shards": ray.get([s.info.remote() for s in self.shards])}
 
 
+def memory_id_for(episode_id: str) -> str:
+    """The id of the memory an episode writes: stable, so a re-dispatched episode cannot write twice."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"epiq-episode:{episode_id}").hex
+
+
 async def _as_future(ref: Any) -> Any:
     return await ref
 
@@ -202,7 +252,7 @@ def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = 0.5, re
 
     actor = ray.remote(MemoryShard)
     handles = [
-        actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus, resources=resources or {},
+        actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus, resources=dict(cfg.resources if resources is None else resources),
                       max_restarts=-1, max_task_retries=0, max_concurrency=8)
         .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index, claim_idle_s=cfg.claim_idle_s)
         for i in range(cfg.shards)

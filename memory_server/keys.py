@@ -73,6 +73,14 @@ def q_stats_key(ns: str) -> str:
     return prefix(ns) + "qstats"
 
 
+def episode_retrieval_key(ns: str, episode_id: str) -> str:
+    """The retrieval an episode used (msgpack), pinned so that a re-dispatched episode injects the same memories."""
+    return f"{prefix(ns)}episode:{episode_id}"
+
+
+EPISODE_PIN_TTL_S = 7 * 24 * 3600  # pinned retrievals expire after a week (retries happen within minutes)
+
+
 def shard_of(memory_id: str, shards: int) -> int:
     """The shard that owns ``memory_id``: crc32 of its UTF-8 bytes mod ``shards`` (stable across processes)."""
     return zlib.crc32(memory_id.encode()) % shards

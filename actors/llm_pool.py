@@ -199,7 +199,7 @@ def start_pool(cfg: LLMConfig, model_path: str, cache_dir: str | None = None, ti
     import ray
 
     actor = ray.remote(LLMEngine).options(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
-                                          max_concurrency=MAX_CONCURRENCY)
+                                          resources=dict(cfg.resources), max_concurrency=MAX_CONCURRENCY)
     handles = [actor.remote(cfg, model_path, i, cache_dir) for i in range(cfg.engines)]
     try:
         ray.get([h.generate.remote("warm up", 1) for h in handles], timeout=timeout_s)  # first request costs ~1 s

@@ -107,6 +107,7 @@ class MemoryConfig:
     evict_age_weight: float = doc(0.1, "Eviction value = Q - evict_age_weight * age in days (0 = by utility only).")
     q_clip: float = doc(3.0, "Phase B clips the z-scored Q to ±q_clip (as the MemRL code does).")
     index: Literal["exact", "approx"] = doc("exact", "Shard vector index: exact scan, or approximate (HNSW) for large shards.")
+    resources: dict[str, float] = doc({}, "Ray custom resources each memory shard actor requires, e.g. {rollout: 1} to place it on the `rollout` worker group (k8s/).")
     shard_timeout_s: float = doc(2.0, "A retrieval waits this long for each shard, then returns what the others found.")
     claim_idle_s: float = doc(30.0, "Reward events pending this long on a dead consumer are reclaimed by a live one.")
     reward_success: float = doc(1.0, "Reward sent to injected memories when the episode succeeds.")
@@ -142,6 +143,7 @@ class LLMConfig:
     enable_lora: bool = doc(False, "Serve LoRA adapters (required when learner.enabled).")
     max_lora_rank: int = doc(8, "Largest LoRA rank the engines accept.")
     max_loras: int = doc(2, "LoRA adapters resident per engine at once.")
+    resources: dict[str, float] = doc({}, "Ray custom resources each vLLM engine actor requires, e.g. {inference: 1} to place it on the `inference` worker group (k8s/).")
     base_url: str | None = doc(None, "OpenAI backend: base URL, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = doc("OPENAI_API_KEY", "OpenAI backend: environment variable holding the API key.")
 
@@ -182,6 +184,7 @@ class RolloutConfig:
     mode: Literal["async", "sync"] = doc("async", "'async': continuous dispatch; 'sync': a barrier after each batch.")
     epochs: int = doc(10, "Passes over the task set.")
     seeds: list[int] = doc([0], "Run seeds; each seed is a separate run of all epochs.")
+    resources: dict[str, float] = doc({}, "Ray custom resources each rollout actor requires, e.g. {rollout: 1} to place it on the `rollout` worker group (k8s/).")
     max_retries: int = doc(2, "Times an episode whose actor died is re-dispatched.")
 
     def __post_init__(self) -> None:
@@ -205,6 +208,7 @@ class LearnerConfig:
     clip_eps: float = doc(0.2, "PPO ratio clip ε.")
     grad_clip: float = doc(1.0, "Gradient norm clip.")
     num_gpus: float = doc(0.0, "GPUs for the learner actor.")
+    resources: dict[str, float] = doc({}, "Ray custom resources each learner actor requires, e.g. {learner: 1} to place it on the `learner` worker group (k8s/).")
 
     def __post_init__(self) -> None:
         _positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip")
@@ -253,6 +257,9 @@ def _type_name(tp: Any) -> str:
         return _type_name(_strip_optional(tp)) + " or null"
     if typing.get_origin(tp) is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        k, v = typing.get_args(tp)
+        return f"mapping of {_type_name(k)} to {_type_name(v)}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -280,6 +287,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path} = {value!r}: expected {_type_name(tp)}")
         return [_convert(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} = {value!r}: expected {_type_name(tp)}")
+        kt, vt = typing.get_args(tp)
+        return {_convert(k, kt, f"{path} key"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):

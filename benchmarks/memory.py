@@ -11,9 +11,12 @@ One run on this machine, printing a table and writing JSON (default ``runs/bench
   4. reward-update throughput end to end (XADD by the client -> applied by the shards' Lua -> XACK), with
      1 and 4 shards, next to the Redis ceiling (the same Lua update script, pipelined, no streams).
 
-Memories are random unit vectors (dimension 384, like all-MiniLM-L6-v2); embedding 1M texts would take an hour.
+Memories are synthetic unit vectors of dimension 384 (embedding 1M texts would take an hour): by default
+``embedlike`` (anisotropic, calibrated to be slightly harder than all-MiniLM-L6-v2 embeddings of real task
+texts, see ``benchmarks/index_choice.py``); ``--data uniform`` gives isotropic vectors, the worst case for
+an approximate index. Queries come from the same distribution and are never copies of stored vectors.
 
-    python -m benchmarks.memory [--sizes 10000,100000,1000000] [--shards 1,4] [--queries 200] [--out FILE]
+    python -m benchmarks.memory [--sizes 10000,100000,1000000] [--shards 1,4] [--data embedlike] [--out FILE]
 """
 
 from __future__ import annotations
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--reference-queries", type=int, default=5)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--data", choices=["embedlike", "uniform"], default="embedlike")
     parser.add_argument("--k1", type=int, default=10)
     parser.add_argument("--k2", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/memory.json"))
@@ -242,15 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     result: dict = {"machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()}, "dim": DIM,
-                    "k1": args.k1, "k2": args.k2}
+                    "k1": args.k1, "k2": args.k2, "data": args.data,
+                    "command": "python -m benchmarks.memory " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     try:
         print("measuring memory bandwidth ...", flush=True)
         result["memory_bandwidth_gbps"] = memory_bandwidth_gbps()
         rng = np.random.default_rng(1)
-        queries = unit_vectors(max(args.queries, 50), DIM, seed=2)
+        from benchmarks.index_choice import VectorSource
+
+        source = VectorSource(args.data, DIM, seed=7)
+        queries = source.draw(max(args.queries, 50))
         result["retrieval"], result["scan"], result["reference"] = [], [], []
         for n in sizes:
-            vecs = unit_vectors(n, DIM, seed=n)
+            vecs = source.draw(n)
             qs = rng.uniform(-1, 1, size=n)
             result["scan"].append({"n": n, "scan_gbps": scan_gbps(vecs, queries)})
             ref = reference_style_latency(vecs, qs, queries, args.k1, args.k2, args.reference_queries)
@@ -268,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         server.stop()
+        __import__("shutil").rmtree(ray_tmp, ignore_errors=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(render(result))
     print(f"\nwrote {args.out}")
@@ -275,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict) -> str:
-    lines = [f"memory bandwidth (copy): {r['memory_bandwidth_gbps']:.1f} GB/s", "",
+    lines = [f"data: {r.get('data', 'uniform')} unit vectors, dim {r['dim']}, k1={r['k1']}, k2={r['k2']}",
+             f"memory bandwidth (copy): {r['memory_bandwidth_gbps']:.1f} GB/s", "",
              "| memories | shards | index | p50 ms | p99 ms | recall@k1 | reference loop p50 ms | speed-up (p50) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|"]
     ref = {x["n"]: x["p50_ms"] for x in r["reference"]}

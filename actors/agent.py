@@ -1,9 +1,8 @@
 """The agent: one async episode — retrieve, prompt, act, step, reward, feedback, write a memory — as a typed result.
 
-Owns: ``run_episode`` (the unit of work of a rollout actor), the prompt layout (retrieved experiences inside a
-token budget, a window of recent history, the admissible actions), action parsing to an admissible command,
-and the experience text written back to memory (a success script or a failure reflection, from a deterministic
-template). No blocking calls: environments run in threads, the LLM and the memory are awaited.
+Owns: ``run_episode`` (the unit of work of a rollout actor) and the typed episode records (``EpisodeSpec``,
+``Turn``, ``Trajectory``). Prompt layouts, action parsing and experience texts are in ``actors.prompting``.
+No blocking calls: environments run in threads, the LLM and the memory are awaited.
 
     traj = await run_episode(spec, env, llm, memory, cfg)      # Trajectory(won, reward, turns, retrieved_ids, ...)
 """
@@ -11,13 +10,13 @@ template). No blocking calls: environments run in threads, the LLM and the memor
 from __future__ import annotations
 
 import asyncio
-import difflib
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.prompting import build_prompt, experience_text, parse_action, reflection_prompt
 from cluster.config import Config
 
 
@@ -79,50 +78,6 @@ class Trajectory:
         return {k: v for k, v in self.__dict__.items() if k != "turns"}
 
 
-def experience_text(won: bool, actions: list[str], goal: str, last_observation: str, max_actions: int = 24) -> str:
-    """Deterministic experience: a success script (the commands that won) or a failure reflection."""
-    script = " ; ".join(actions[:max_actions])
-    if won:
-        return f"SUCCESS. To {goal.strip().rstrip('.')}: {script}"
-    return (f"FAILURE. Tried: {script or '(nothing)'}. It did not work; the last observation was: "
-            f"{last_observation.strip()[:160]}. Try a different route.")
-
-
-def build_prompt(goal: str, observation: str, admissible: list[str], experiences: list[str], history: list[tuple[str, str]],
-                 count_tokens: Callable[[str], int], budget: int) -> str:
-    """The turn's prompt: experiences (as many as fit ``budget`` tokens), recent history, observation, choices."""
-    tail = ["Task: " + goal.strip(),
-            *[f"> {a}\n{o.strip()[:200]}" for a, o in history],
-            "Now: " + observation.strip()[:400],
-            "Actions: " + " | ".join(admissible),
-            "> "]
-    used = sum(count_tokens(t) for t in tail)
-    kept: list[str] = []
-    for exp in experiences:  # best first; drop what does not fit
-        cost = count_tokens(exp) + 2
-        if used + cost > budget:
-            break
-        kept.append(exp)
-        used += cost
-    head = [f"Experience {i + 1}: {e}" for i, e in enumerate(kept)]
-    return "\n".join(head + tail)
-
-
-def parse_action(text: str, admissible: list[str]) -> str:
-    """Map generated text to an admissible command: exact, prefix, or closest match (never raises)."""
-    if not admissible:
-        return text.strip()
-    line = text.strip().splitlines()[0].strip().lower() if text.strip() else ""
-    lowered = {a.lower(): a for a in admissible}
-    if line in lowered:
-        return lowered[line]
-    for a_low, a in lowered.items():
-        if line and (line.startswith(a_low) or a_low.startswith(line)):
-            return a
-    close = difflib.get_close_matches(line, list(lowered), n=1, cutoff=0.0)
-    return lowered[close[0]] if close else admissible[0]
-
-
 async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None, cfg: Config,
                       count_tokens: Callable[[str], int] = lambda s: len(s) // 4 + 1,
                       model_id: str = "", writer: str = "") -> Trajectory:
@@ -148,9 +103,11 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
         # 2. act until done or out of steps
         history: list[tuple[str, str]] = []
         observation, admissible, done, won = obs.text, obs.admissible_actions, False, False
-        for _ in range(cfg.env.max_steps):
-            prompt = build_prompt(obs.goal, observation, admissible, experiences, history[-4:], count_tokens,
-                                  cfg.llm.max_model_len - cfg.llm.max_new_tokens - 8)
+        style = cfg.agent.style_for(cfg.llm.model)
+        for step_no in range(cfg.env.max_steps):
+            prompt = build_prompt(style, obs.goal, observation, admissible, experiences,
+                                  history[-cfg.agent.history:] if cfg.agent.history else [], count_tokens,
+                                  cfg.llm.max_model_len - cfg.llm.max_new_tokens - 8, step=step_no)
             t0 = time.perf_counter()
             gen = await llm.generate(prompt, max_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
                                      top_p=cfg.llm.top_p, stop=["\n"])
@@ -177,9 +134,16 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
             if traj.retrieved_ids:
                 await asyncio.to_thread(memory.feedback, spec.episode_id, traj.retrieved_ids, traj.reward,
                                         adapter_version=max(traj.adapter_versions or [0]))
+            lesson = ""
+            if not traj.won and cfg.agent.experience_writer == "llm":
+                t1 = time.perf_counter()
+                gen = await llm.generate(reflection_prompt(obs.goal, traj.actions, observation),
+                                         max_tokens=cfg.agent.reflection_tokens, temperature=0.0, stop=["\n"])
+                timings["llm"] += time.perf_counter() - t1
+                lesson = gen.text
             traj.written_memory_id = await memory.write_episode(
                 episode_id=spec.episode_id, intent=obs.intent,
-                experience=experience_text(traj.won, traj.actions, obs.goal, observation),
+                experience=experience_text(traj.won, traj.actions, obs.goal, observation, lesson=lesson),
                 won=traj.won, task_id=spec.task.task_id, env=cfg.env.name, model_id=model_id,
                 adapter_version=max(traj.adapter_versions or [0]), writer=writer, retrieved_ids=traj.retrieved_ids)
             timings["memory"] += time.perf_counter() - t0

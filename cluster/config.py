@@ -175,6 +175,26 @@ class EnvConfig:
 
 
 @dataclass
+class AgentConfig:
+    """How the agent prompts the model and writes experiences."""
+
+    prompt_style: Literal["auto", "full", "plan"] = doc("auto", "'full': task, experiences, history, observation, actions (instruction models); 'plan': the best experience as a script with a step marker (the layout epiq-tiny is trained on); 'auto': plan for epiq-tiny, else full.")
+    history: int = doc(4, "Recent (action, observation) pairs in a 'full' prompt.")
+    experience_writer: Literal["template", "llm"] = doc("template", "Failure reflections from a deterministic template, or the template plus a one-sentence lesson written by the LLM.")
+    reflection_tokens: int = doc(48, "Maximum tokens of an LLM-written lesson.")
+
+    def __post_init__(self) -> None:
+        _positive(self, "reflection_tokens")
+        _non_negative(self, "history")
+
+    def style_for(self, model: str) -> str:
+        """The prompt style for ``model`` ('auto' resolves by model name)."""
+        if self.prompt_style != "auto":
+            return self.prompt_style
+        return "plan" if model == "epiq-tiny" else "full"
+
+
+@dataclass
 class RolloutConfig:
     """Rollout actors and the scheduler (the MemRL protocol: epochs over a task set)."""
 
@@ -235,6 +255,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig, metadata={"doc": "Episodic memory (MemRL)."})
     llm: LLMConfig = field(default_factory=LLMConfig, metadata={"doc": "Inference pool."})
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "Environment."})
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"doc": "Agent prompts and experiences."})
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"doc": "Rollouts and scheduler."})
     learner: LearnerConfig = field(default_factory=LearnerConfig, metadata={"doc": "LoRA learner."})
     run: RunConfig = field(default_factory=RunConfig, metadata={"doc": "Run folder."})

@@ -6,7 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from actors.agent import Trajectory, build_prompt, experience_text, parse_action
+from actors.agent import Trajectory
+from actors.prompting import build_prompt, experience_text, parse_action, plan_line, script_of
 from cluster.metrics import Recorder, csr
 
 
@@ -23,9 +24,9 @@ def test_parse_action_maps_to_an_admissible_command() -> None:
 def test_prompt_keeps_best_experiences_within_the_budget() -> None:
     count = lambda s: len(s.split())  # noqa: E731
     exps = ["a " * 10, "b " * 10, "c " * 10]
-    full = build_prompt("get the coin", "You are in a room.", ["go east"], exps, [], count, budget=1000)
+    full = build_prompt("full", "get the coin", "You are in a room.", ["go east"], exps, [], count, budget=1000)
     assert "Experience 3" in full
-    tight = build_prompt("get the coin", "You are in a room.", ["go east"], exps, [], count, budget=30)
+    tight = build_prompt("full", "get the coin", "You are in a room.", ["go east"], exps, [], count, budget=30)
     assert "Experience 1" in tight and "Experience 2" not in tight
     assert tight.rstrip().endswith(">") and "go east" in tight
 
@@ -35,6 +36,24 @@ def test_experience_text_success_script_and_failure_reflection() -> None:
         "SUCCESS. To find the coin: go east ; take coin"
     fail = experience_text(False, ["go west"], "find the coin", "A dead end.")
     assert fail.startswith("FAILURE.") and "go west" in fail and "dead end" in fail
+
+
+def test_script_round_trips_and_plan_marks_the_current_step() -> None:
+    win = experience_text(True, ["go south", "go east", "take coin"], "Find the coin.", "You win")
+    assert script_of(win) == ("SUCCESS", ["go south", "go east", "take coin"])
+    assert plan_line(win, 0) == "memory: >> go south ; go east ; take coin ; end"
+    assert plan_line(win, 2) == "memory: go south ; go east ; >> take coin ; end"
+    assert plan_line(win, 9) == "memory: go south ; go east ; take coin ; >> end"
+    fail = experience_text(False, ["go west", "go north"], "Find the coin.", "A dead end.", lesson="try east\nfirst")
+    assert fail.endswith("Lesson: try east first")
+    assert script_of(fail) == ("FAILURE", ["go west", "go north"])
+    assert plan_line(fail, 1) == "memory: failed go west ; >> go north ; end"
+    assert plan_line(None, 0) == plan_line("some free text", 0) == "memory: none"
+    prompt = build_prompt("plan", "Find the coin.", "You are in a kitchen. " + "word " * 40, ["go east", "go west"],
+                          [win], [], len, budget=10, step=1)
+    assert prompt.splitlines() == ["memory: go south ; >> go east ; take coin ; end",
+                                   "room: You are in a kitchen. " + " ".join(["word"] * 11),
+                                   "actions: go east | go west", ">"]
 
 
 def test_csr_is_cumulative() -> None:

@@ -4,7 +4,8 @@
     epiq config configs/quickstart.yaml [--set k=v ...]              # validate and print the resolved config
     epiq config --reference                                          # every key, type, default and doc (markdown)
     epiq memory stats|top|export|import|snapshot|rollback ...         # see memory_server/cli.py
-    epiq bench memory [--sizes ...]                                   # see benchmarks/memory.py
+    epiq bench memory|rollout|learning|lora [...]                    # see benchmarks/<name>.py
+    epiq report RUN_DIR [RUN_DIR ...] [--out DIR]                      # compare runs: table + plot (cluster/report.py)
 
 Config errors exit with code 2 and one line on stderr.
 """
@@ -16,6 +17,8 @@ import sys
 
 from cluster import train
 from cluster.config import ConfigError, dump, reference_markdown
+
+BENCHMARKS = ("memory", "rollout", "learning", "lora", "policy_model")
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -40,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory_parser(p)
 
-    p = sub.add_parser("bench", help="run a benchmark: memory (more land with their issues)")
-    p.add_argument("benchmark", choices=("memory",), help="which benchmark")
+    p = sub.add_parser("bench", help="run a benchmark: memory, rollout, learning, lora (benchmarks/<name>.py)")
+    p.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help of each)")
+
+    p = sub.add_parser("report", help="compare run folders: table and plot of success and CSR")
+    p.add_argument("report_args", nargs=argparse.REMAINDER, help="run folders and options (see epiq report -h)")
 
     p = sub.add_parser("config", help="validate a config and print it resolved")
     train.add_config_args(p)
@@ -62,10 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _config(args)
         if args.command == "bench":
-            if args.benchmark == "memory":
-                from benchmarks.memory import main as bench_memory
+            import importlib
 
-                return bench_memory(args.bench_args)
+            return importlib.import_module(f"benchmarks.{args.benchmark}").main(args.bench_args)
+        if args.command == "report":
+            from cluster.report import main as report
+
+            return report(args.report_args)
         if args.command == "memory":
             from memory_server.cli import run as run_memory
 

@@ -166,12 +166,17 @@ class EnvConfig:
     level: int = doc(105, "TextWorld challenge level.")
     num_tasks: int = doc(20, "Tasks in the task set.")
     task_seed: int = doc(1000, "First game seed; tasks use task_seed .. task_seed + num_tasks - 1.")
+    task_seeds: list[int] = doc([], "TextWorld: explicit game seeds (overrides task_seed/num_tasks), e.g. the distractor groups of actors/envs/distractors.py.")
+    heldout_seeds: list[int] = doc([], "TextWorld: unseen games played once after the last epoch with the memory frozen (transfer check); empty = none.")
     max_steps: int = doc(20, "Step limit per episode.")
     workers: int = doc(2, "Threads per rollout actor that step environments off the event loop.")
 
     def __post_init__(self) -> None:
         _positive(self, "num_tasks", "max_steps", "workers")
         _non_negative(self, "level", "task_seed")
+        _check(len(set(self.task_seeds)) == len(self.task_seeds), "task_seeds", "has duplicates")
+        _check(not set(self.task_seeds) & set(self.heldout_seeds), "heldout_seeds",
+               f"must not overlap task_seeds (both hold {sorted(set(self.task_seeds) & set(self.heldout_seeds))})")
 
 
 @dataclass
@@ -229,10 +234,25 @@ class LearnerConfig:
     grad_clip: float = doc(1.0, "Gradient norm clip.")
     num_gpus: float = doc(0.0, "GPUs for the learner actor.")
     resources: dict[str, float] = doc({}, "Ray custom resources each learner actor requires, e.g. {learner: 1} to place it on the `learner` worker group (k8s/).")
+    num_cpus: float = doc(1.0, "CPUs for the learner actor (also its torch thread count on CPU).")
+    minibatches: int = doc(1, "Optimizer updates per learner step: the batch is split in this many parts; the proximal policy is the one at the start of the step, so clipping acts from the second update on.")
+    micro_batch: int = doc(16, "Sequences (turns) per forward/backward pass; gradients are accumulated over them.")
+    checkpoint_interval: int = doc(1, "Learner steps between checkpoints; trajectories are acknowledged in the buffer only once a checkpoint covers them.")
+    behav_weight_cap: float | None = doc(None, "Upper bound on the decoupled weight pi_prox/pi_behav per token; null = uncapped.")
 
     def __post_init__(self) -> None:
-        _positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip")
-        _non_negative(self, "max_staleness", "num_gpus")
+        _positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
+                  "minibatches", "micro_batch", "checkpoint_interval")
+        _non_negative(self, "max_staleness", "num_gpus", "num_cpus")
+        _check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
+        _check(bool(self.target_modules), "target_modules", "must name at least one module")
+        _check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",
+               "embed_tokens / lm_head cannot take LoRA here (tied embeddings; vLLM serves projection LoRA only)")
+        if self.behav_weight_cap is not None:
+            _check(self.behav_weight_cap > 0, "behav_weight_cap", f"must be > 0, got {self.behav_weight_cap}")
+
+
+MODES = ("none", "rag", "memrl", "lora", "memory+lora")
 
 
 @dataclass
@@ -244,6 +264,12 @@ class RunConfig:
     resume: bool = doc(False, "Continue the run in an existing run folder instead of refusing to overwrite it.")
     cache_dir: str = doc(".cache", "Cache for built models, generated games and library caches (HF, vLLM, matplotlib).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc("INFO", "Logging level of the driver.")
+    modes: list[str] = doc([], "Compare modes on the same tasks, seeds and scheduler, one sub-folder each, then a table and plot: none, rag (λ=0), memrl (memory.lam), lora, memory+lora. Empty = one run as configured.")
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        _check(not bad, "modes", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
+        _check(len(set(self.modes)) == len(self.modes), "modes", "has duplicates")
 
 
 @dataclass

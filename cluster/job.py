@@ -1,8 +1,10 @@
 """A training job on running services: model, inference pool, memory shards, rollout actors, scheduler, summary.
 
-Owns: wiring the components for one run — one vLLM pool for the whole run; per seed a fresh memory namespace
-(``<memory.namespace>-s<seed>``) with its shard actors, rollout actors and the scheduler — and writing
-``summary.json``. With ``run.resume`` it continues from the run folder: recorded episodes are skipped and the
+Owns: wiring the components for one run — one vLLM pool for the whole job; per seed a fresh memory namespace
+(``<memory.namespace>-s<seed>``) with its shard actors, rollout actors and the scheduler; the held-out transfer
+check (``env.heldout_seeds``: one epoch on unseen games with the memory frozen, in ``<run>/heldout``); the mode
+comparison (``run.modes``: none / rag / memrl / lora / memory+lora, one sub-folder each, then the table and plot
+of ``cluster.report``) — and writing ``summary.json``. With ``run.resume`` it continues from the run folder: recorded episodes are skipped and the
 memory is whatever the run's Redis kept (``redis.durable: true`` keeps it across a restart).
 
     summary = run_job(cfg, run_dir, redis_url)     # called by cluster.train inside LocalServices
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +46,71 @@ def start_inference(cfg: Config) -> tuple[str, Any]:
     return model_path, start_pool(cfg.llm, model_path, cache_dir=str(cache))
 
 
+LORA_MODES = ("lora", "memory+lora")
+
+
+def mode_config(cfg: Config, mode: str) -> Config:
+    """The config of one compared mode: which halves learn, and λ (rag = similarity only)."""
+    memory_on = mode in ("rag", "memrl", "memory+lora")
+    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=f"{cfg.memory.namespace}-{mode}",
+                                 lam=0.0 if mode == "rag" else cfg.memory.lam)
+    learner = dataclasses.replace(cfg.learner, enabled=mode in LORA_MODES)
+    llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or mode in LORA_MODES)
+    return dataclasses.replace(cfg, memory=memory, learner=learner, llm=llm)
+
+
 def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int | None = None) -> dict[str, Any]:
-    import ray
-
+    """The whole job: one run as configured, or (``run.modes``) one run per mode in ``run_dir/<mode>`` followed by
+    the comparison table and plot in ``run_dir``. One inference pool serves every mode."""
     from actors.envs import task_set
-    from actors.rollout import start_rollout_workers
 
-    if cfg.memory.enabled:
+    if cfg.memory.enabled or cfg.run.modes:
         from memory_server.embedder import resolve_embedder_path
 
         resolve_embedder_path(cfg.memory.embedder)  # fail here, not in every rollout actor
     tasks = task_set(cfg.env, cache_dir=cfg.run.cache_dir)
-    log.info("task set: %d %s tasks (%s)", len(tasks), cfg.env.name, cfg.env.split)
+    heldout = task_set(cfg.env, cache_dir=cfg.run.cache_dir, heldout=True) if cfg.env.heldout_seeds else []
+    log.info("task set: %d %s tasks (%s)%s", len(tasks), cfg.env.name, cfg.env.split,
+             f", {len(heldout)} held-out" if heldout else "")
+    if any(m in LORA_MODES for m in cfg.run.modes):  # one pool serves every mode: it must take adapters
+        cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, enable_lora=True))
     model_path, pool = start_inference(cfg)
+    try:
+        if not cfg.run.modes:
+            summary = _run_one(cfg, run_dir, run_dir.name, redis_url, tasks, heldout, model_path, pool, max_episodes)
+        else:
+            from cluster.report import write_report
+
+            summary = {"modes": {}}
+            for mode in cfg.run.modes:
+                print(f"\nepiq: mode {mode} ({cfg.run.modes.index(mode) + 1}/{len(cfg.run.modes)})", file=sys.stderr)
+                sub = run_dir / mode
+                sub.mkdir(exist_ok=True)
+                summary["modes"][mode] = _run_one(mode_config(cfg, mode), sub, f"{run_dir.name}/{mode}", redis_url,
+                                                  tasks, heldout, model_path, pool, max_episodes)
+            report = write_report({m: run_dir / m for m in cfg.run.modes}, run_dir)
+            summary.update(table=report["table"], plot=report["plot"],
+                           last={m: s["last"] for m, s in summary["modes"].items()},
+                           csr={m: s["csr"] for m, s in summary["modes"].items()})
+    finally:
+        if pool is not None:
+            _run(pool.shutdown())
+    summary["model"] = model_path
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tasks: list[Any], heldout: list[Any],
+             model_path: str, pool: Any, max_episodes: int | None) -> dict[str, Any]:
+    """One run (every seed, every epoch, then the held-out check) into ``run_dir``; returns its summary."""
+    import ray
+
+    from actors.rollout import start_rollout_workers
+
     engines = pool.handles if pool is not None else None
     recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs)
+    held_rec = Recorder(run_dir / "heldout", [t.task_id for t in heldout], 1) if heldout else None
+    replaced = 0
     try:
         for seed in cfg.rollout.seeds:
             scfg = seed_config(cfg, seed)
@@ -67,19 +120,24 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
             def spawn(i: int, scfg: Config = scfg, shards: Any = shards) -> Any:
                 return start_rollout_workers(scfg, model_path, engines, shards, redis_url, first_id=i, count=1)[0]
 
-            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_dir.name)
+            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_id)
             try:
                 sched.run_seed(seed, done=recorder.finished(seed), max_episodes=max_episodes)
+                if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
+                    sched.recorder, sched.learn = held_rec, False
+                    sched.run_seed(seed, done=held_rec.finished(seed), epochs=1, tasks=heldout)
             finally:
+                replaced += sched.replaced
                 sched.shutdown()
                 for h in shards or []:
                     ray.kill(h, no_restart=True)
-            summary = {**recorder.summary(), "replaced_actors": sched.replaced}
     finally:
         recorder.close()
-        if pool is not None:
-            _run(pool.shutdown())
-    summary["model"] = model_path
+        if held_rec is not None:
+            held_rec.close()
+    summary = {**recorder.summary(), "replaced_actors": replaced}
+    if held_rec is not None:
+        summary["heldout"] = held_rec.summary()["last"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -44,13 +44,15 @@ class Scheduler:
         self.next_worker_id = len(self.workers)
         self.replaced = 0
 
-    def run_seed(self, seed: int, done: set[tuple[int, str]] | None = None, max_episodes: int | None = None) -> None:
-        """Every (epoch, task) of ``seed`` not in ``done``, in epoch order; ``max_episodes`` stops early (tests)."""
+    def run_seed(self, seed: int, done: set[tuple[int, str]] | None = None, max_episodes: int | None = None,
+                 epochs: int | None = None, tasks: list[Any] | None = None) -> None:
+        """Every (epoch, task) of ``seed`` not in ``done``, in epoch order; ``max_episodes`` stops early (tests);
+        ``epochs`` / ``tasks`` replace the config's epochs and the scheduler's task set for this call."""
         import ray
 
         done = done or set()
         queue = deque(EpisodeSpec(task, epoch, seed, learn=self.learn, run_id=self.run_id)
-                      for epoch in range(self.cfg.rollout.epochs) for task in self.tasks
+                      for epoch in range(epochs or self.cfg.rollout.epochs) for task in (tasks or self.tasks)
                       if (epoch, task.task_id) not in done)
         in_flight: dict[Any, tuple[EpisodeSpec, int]] = {}  # ref -> (spec, worker index)
         load = [0] * len(self.workers)

@@ -74,8 +74,11 @@ def run(cfg: Config, config_path: str) -> int:
             from cluster.job import run_job
 
             summary = run_job(cfg, run_dir, services.redis_url)
-            print(f"\nepiq: done: Last {summary['last']:.1%}  CSR {summary['csr']:.1%}  "
-                  f"(summary in {run_dir / 'summary.json'})", flush=True)
+            if "table" in summary:  # run.modes: the comparison
+                print(f"\n{summary['table']}\nplot: {summary['plot']}\nsummary: {run_dir / 'summary.json'}", flush=True)
+            else:
+                print(f"\nepiq: done: Last {summary['last']:.1%}  CSR {summary['csr']:.1%}  "
+                      f"(summary in {run_dir / 'summary.json'})", flush=True)
     except (ServiceError, RuntimeError) as e:
         log.error("%s", e)
         print(f"epiq: error: {e}", file=sys.stderr)

@@ -168,12 +168,14 @@ def make_env(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> TextEnv:
     raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")
 
 
-def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> list[TaskSpec]:
-    """The config's tasks: ``num_tasks`` tasks chosen by ``task_seed`` (see each env's ``task_set``)."""
+def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = False) -> list[TaskSpec]:
+    """The config's tasks (see each env's ``task_set``); ``heldout``: the unseen transfer-check tasks."""
     if cfg.name == "textworld":
         from actors.envs.textworld_env import task_set as textworld_tasks
 
-        return textworld_tasks(cfg)
+        return textworld_tasks(cfg, heldout=heldout)
+    if heldout:
+        raise ValueError("env.heldout_seeds: a held-out task set is defined for TextWorld only")
     elif cfg.name == "alfworld":
         from actors.envs.alfworld_env import task_set as alfworld_tasks
 

@@ -62,13 +62,18 @@ def challenge_settings(challenge: str, level: int, split: str) -> dict[str, Any]
     return {"level": level}
 
 
-def task_set(cfg: EnvConfig) -> list[TaskSpec]:
-    """Seeds ``task_seed .. task_seed + num_tasks - 1`` of the configured challenge and level."""
+def task_set(cfg: EnvConfig, heldout: bool = False) -> list[TaskSpec]:
+    """``cfg.task_seeds`` if given, else seeds ``task_seed .. task_seed + num_tasks - 1`` (``heldout``: the
+    ``heldout_seeds``) of the configured challenge and level."""
     challenge_settings(cfg.challenge, cfg.level, cfg.split)  # fail early on a bad config
+    if heldout:
+        seeds = list(cfg.heldout_seeds)
+    else:
+        seeds = list(cfg.task_seeds) or list(range(cfg.task_seed, cfg.task_seed + cfg.num_tasks))
     return [
         TaskSpec(task_id=f"{_game_dir(cfg.challenge, cfg.level, cfg.split)}/{seed}", env="textworld",
                  split=cfg.split, seed=seed, challenge=cfg.challenge, level=cfg.level)
-        for seed in range(cfg.task_seed, cfg.task_seed + cfg.num_tasks)
+        for seed in seeds
     ]
 
 

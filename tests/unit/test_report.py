@@ -1,0 +1,66 @@
+"""Mode configs, the comparison report (table, plot, JSON) and its CLI, on hand-written metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ConfigError, build
+from cluster.job import mode_config
+from cluster.report import aggregate, expand, main, markdown
+
+
+def _write_run(d: Path, per_seed: dict[int, list[tuple[float, float]]], heldout: list[float] | None = None) -> None:
+    d.mkdir(parents=True)
+    rows = [{"seed": s, "epoch": e, "success_rate": sr, "csr": c, "episodes_per_s": 2.0}
+            for s, curve in per_seed.items() for e, (sr, c) in enumerate(curve)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if heldout is not None:
+        (d / "heldout").mkdir()
+        (d / "heldout" / "metrics.jsonl").write_text("".join(
+            json.dumps({"seed": s, "epoch": 0, "success_rate": v, "csr": v, "episodes_per_s": 1.0}) + "\n"
+            for s, v in enumerate(heldout)))
+
+
+def test_modes_switch_memory_learner_and_lambda() -> None:
+    cfg = build({"memory": {"lam": 0.5, "namespace": "qs"}})
+    none, rag, memrl = mode_config(cfg, "none"), mode_config(cfg, "rag"), mode_config(cfg, "memrl")
+    assert not none.memory.enabled and not none.learner.enabled
+    assert rag.memory.enabled and rag.memory.lam == 0.0 and memrl.memory.lam == 0.5
+    assert len({none.memory.namespace, rag.memory.namespace, memrl.memory.namespace}) == 3  # never shared
+    lora, both = mode_config(cfg, "lora"), mode_config(cfg, "memory+lora")
+    assert lora.learner.enabled and not lora.memory.enabled and both.learner.enabled and both.memory.enabled
+
+
+def test_bad_modes_and_overlapping_heldout_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="run.modes: unknown mode"):
+        build({"run": {"modes": ["none", "ragg"]}})
+    with pytest.raises(ConfigError, match="env.heldout_seeds: must not overlap"):
+        build({"env": {"task_seeds": [1, 2], "heldout_seeds": [2, 3]}})
+
+
+def test_aggregate_means_and_spread_over_seeds(tmp_path: Path) -> None:
+    _write_run(tmp_path / "memrl", {0: [(0.2, 0.2), (0.6, 0.7)], 1: [(0.4, 0.4), (0.8, 0.9)]}, heldout=[0.1, 0.3])
+    r = aggregate(tmp_path / "memrl")
+    assert r["seeds"] == [0, 1] and r["epochs"] == [1, 2]
+    assert r["success_mean"] == pytest.approx([0.3, 0.7]) and r["success_sd"] == pytest.approx([0.1, 0.1])
+    assert r["last"] == pytest.approx((0.7, 0.1)) and r["csr"] == pytest.approx((0.8, 0.1))
+    assert r["heldout"] == pytest.approx((0.2, 0.1))
+    table = markdown({"memrl": r})
+    assert "| memrl | 2 | 2 | 70.0% ± 10.0% | 80.0% ± 10.0% | 20.0% ± 10.0% | 2.00 |" in table
+
+
+def test_report_cli_expands_a_modes_folder_in_config_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = tmp_path / "job"
+    for mode, v in (("none", 0.1), ("rag", 0.3), ("memrl", 0.5)):
+        _write_run(job / mode, {0: [(v, v), (v, v)]})
+    (job / "config.yaml").write_text("run:\n  modes: [none, rag, memrl]\n")
+    assert list(expand([job])) == ["none", "rag", "memrl"]
+    assert main([str(job)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| none") < out.index("| rag") < out.index("| memrl")
+    assert (job / "comparison.png").stat().st_size > 1000
+    assert json.loads((job / "comparison.json").read_text())["rag"]["last"] == pytest.approx([0.3, 0.0])
+    assert main([str(tmp_path / "nothing-here")]) == 2

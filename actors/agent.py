@@ -85,6 +85,7 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
     traj = Trajectory(spec.episode_id, spec.task.task_id, spec.epoch, spec.seed)
     t_start = time.perf_counter()
     timings = {"env": 0.0, "llm": 0.0, "memory": 0.0}
+    style = cfg.agent.style_for(cfg.llm.model)
     try:
         t0 = time.perf_counter()
         obs = await env.reset(spec.task)
@@ -96,14 +97,14 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
             t0 = time.perf_counter()
             got = await memory.retrieve(obs.intent, episode_id=spec.episode_id)
             timings["memory"] += time.perf_counter() - t0
-            experiences = [r.experience for r in got.records]
-            traj.retrieved_ids, traj.retrieval_scores, traj.retrieval_pool = got.ids, got.scores, len(got.pool)
-            traj.memory_version = got.memory_version
+            shown = 1 if style == "plan" else len(got.records)  # the plan layout shows the best experience only:
+            experiences = [r.experience for r in got.records[:shown]]  # only what the model saw gets the reward
+            traj.retrieved_ids, traj.retrieval_scores = got.ids[:shown], got.scores[:shown]
+            traj.retrieval_pool, traj.memory_version = len(got.pool), got.memory_version
 
         # 2. act until done or out of steps
         history: list[tuple[str, str]] = []
         observation, admissible, done, won = obs.text, obs.admissible_actions, False, False
-        style = cfg.agent.style_for(cfg.llm.model)
         for step_no in range(cfg.env.max_steps):
             prompt = build_prompt(style, obs.goal, observation, admissible, experiences,
                                   history[-cfg.agent.history:] if cfg.agent.history else [], count_tokens,

@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {"machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()}, "dim": DIM,
                     "k1": args.k1, "k2": args.k2, "data": args.data,
+                    "loadavg_before": __import__("os").getloadavg(),
                     "command": "python -m benchmarks.memory " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     try:
         print("measuring memory bandwidth ...", flush=True)
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         server.stop()
         __import__("shutil").rmtree(ray_tmp, ignore_errors=True)
+    result["loadavg_after"] = __import__("os").getloadavg()  # other work on the machine skews every figure
     args.out.write_text(json.dumps(result, indent=2))
     print(render(result))
     print(f"\nwrote {args.out}")

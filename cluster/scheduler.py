@@ -1,7 +1,8 @@
 """The scheduler: the MemRL protocol (epochs over a task set, per seed) with bounded episodes in flight.
 
 Owns: dispatching episode specs to rollout actors — continuously (``rollout.mode: async``) or in batches with a
-barrier (``sync``) — at most ``rollout.max_in_flight`` at once; replacing a dead rollout actor and re-dispatching
+barrier (``sync``) — at most ``rollout.max_in_flight`` at once, and with the LoRA learner on, admission control
+that keeps trajectories within the staleness bound η; replacing a dead rollout actor and re-dispatching
 its unfinished episodes (same episode ids, so the memory counts each episode once); recording every finished
 episode (``episodes.jsonl``, the basis of resume) and per-epoch metrics; the progress line.
 
@@ -37,9 +38,13 @@ class Scheduler:
     """Runs episodes on a set of rollout actors; ``spawn_worker(i)`` makes actor number i (used for replacements)."""
 
     def __init__(self, cfg: Config, tasks: list[Any], spawn_worker: Callable[[int], Any], recorder: Recorder,
-                 learn: bool = True, run_id: str = "") -> None:
+                 learn: bool = True, run_id: str = "", learner_version: Callable[[], int] | None = None) -> None:
         self.cfg, self.tasks, self.spawn, self.recorder, self.learn = cfg, tasks, spawn_worker, recorder, learn
         self.run_id = run_id
+        self.learner_version = learner_version  # set when the LoRA learner runs: admission control (staleness η)
+        self.dispatched = 0  # episodes dispatched since the scheduler started (AReaL's admission counter)
+        self.held_back = 0  # dispatch rounds that admission control held back
+        self._v0: int | None = None
         self.workers = [spawn_worker(i) for i in range(cfg.rollout.actors)]
         self.next_worker_id = len(self.workers)
         self.replaced = 0
@@ -63,12 +68,18 @@ class Scheduler:
             #    (a task's next epoch starts only after its previous one is in: memory learns between epochs)
             if self.cfg.rollout.mode == "async" or not in_flight:
                 busy = {s.task.task_id for s, _ in in_flight.values()}
-                while len(in_flight) < limit and (spec := _next_free(queue, busy)) is not None:
+                budget = self._admissible()
+                while len(in_flight) < limit and budget > 0 and (spec := _next_free(queue, busy)) is not None:
                     busy.add(spec.task.task_id)
+                    budget -= 1
+                    self.dispatched += 1
                     w = min(range(len(self.workers)), key=load.__getitem__)
                     in_flight[self.workers[w].run.remote(spec)] = (spec, w)
                     load[w] += 1
             # 2. collect whatever finished
+            if not in_flight:  # admission control is waiting for the learner's next version
+                time.sleep(0.2)
+                continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref not in in_flight:  # already re-dispatched with its dead actor's other episodes
@@ -84,6 +95,21 @@ class Scheduler:
                 finished += 1
             if max_episodes is not None and finished >= max_episodes:
                 break
+
+    def _admissible(self) -> int:
+        """How many more episodes may start. With the learner on (AReaL): at most (version + η + 1) x batch_size
+        episodes dispatched in total, so no trajectory is more than η versions older than the policy that trains
+        on it once it reaches the learner; unlimited otherwise."""
+        if self.learner_version is None:
+            return 1 << 30
+        version = self.learner_version()
+        if self._v0 is None:  # count from the version this scheduler started at (a run has one per seed)
+            self._v0 = version
+        cap = (version - self._v0 + self.cfg.learner.max_staleness + 1) * self.cfg.learner.batch_size
+        room = cap - self.dispatched
+        if room <= 0:
+            self.held_back += 1
+        return max(room, 0)
 
     def _replace(self, w: int, spec: EpisodeSpec, in_flight: dict, load: list[int], err: Exception) -> list[EpisodeSpec]:
         """Actor ``w`` died: start a new one in its place and return its unfinished episodes for re-dispatch."""

@@ -64,3 +64,20 @@ def test_report_cli_expands_a_modes_folder_in_config_order(tmp_path: Path, capsy
     assert (job / "comparison.png").stat().st_size > 1000
     assert json.loads((job / "comparison.json").read_text())["rag"]["last"] == pytest.approx([0.3, 0.0])
     assert main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_admission_control_bounds_dispatch_by_learner_version() -> None:
+    """AReaL admission: at most (version - start version + η + 1) x batch_size episodes dispatched."""
+    from cluster.scheduler import Scheduler
+
+    cfg = build({"llm": {"enable_lora": True}, "learner": {"enabled": True, "max_staleness": 1, "batch_size": 4}})
+    version = [3]
+    sched = Scheduler(cfg, [], lambda i: object(), recorder=None, learner_version=lambda: version[0])  # type: ignore[arg-type]
+    assert sched._admissible() == 8  # (0 + 1 + 1) * 4
+    sched.dispatched = 8
+    assert sched._admissible() == 0 and sched.held_back == 1
+    version[0] = 4  # the learner published one more version: one more batch may start
+    assert sched._admissible() == 4
+    free = Scheduler(cfg, [], lambda i: object(), recorder=None)  # type: ignore[arg-type]
+    free.dispatched = 10**6
+    assert free._admissible() > 0  # no learner: no admission limit

@@ -76,7 +76,7 @@ class LLMEngine:
         self.engine: Any = AsyncLLM.from_engine_args(args)
         self.adapter_version = 0
         self._lora: Any = None  # LoRARequest for new requests; None = base model
-        self._paths: dict[int, str] = {}  # adapter version -> path it was published from
+        self._ids: dict[str, int] = {}  # adapter folder -> vLLM LoRA id
         self._outstanding = 0
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
@@ -121,15 +121,15 @@ class LLMEngine:
             return 0
         if not self.cfg.enable_lora:
             raise ValueError("publish_adapter needs llm.enable_lora: true (the engine was started without LoRA)")
-        if self._paths.get(version, str(path)) != str(path):  # vLLM caches adapters by id
-            raise ValueError(f"adapter version {version} was published from {self._paths[version]}; "
-                             f"publish {path} under a new version")
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest(f"v{version}", version, str(path))
+        # vLLM caches adapters by integer id: one id per adapter folder, so a version number published again
+        # from another folder (a new seed's learner starts at v1 again) serves the new weights, never cached ones
+        lora_id = self._ids.get(str(path), len(self._ids) + 1)
+        lora = LoRARequest(f"v{version}-{lora_id}", lora_id, str(path))
         if not await self.engine.add_lora(lora):  # load now: errors surface here, not in the next request
             raise RuntimeError(f"engine {self.index} could not load LoRA version {version} from {path}")
-        self._paths[version] = str(path)
+        self._ids[str(path)] = lora_id
         self.adapter_version, self._lora = version, lora
         return version
 

@@ -11,12 +11,21 @@ async Ray actor with ``max_concurrency = rollout.concurrency`` (``start_rollout_
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.agent import EpisodeSpec, Trajectory, run_episode
 from cluster.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def learner_namespace(cfg: Config) -> str:
+    """The trajectory stream a run's rollouts feed and its learner reads: one per mode and seed, like the memory."""
+    return cfg.memory.namespace
 
 
 class RolloutWorker:
@@ -39,6 +48,11 @@ class RolloutWorker:
             self.memory = MemoryClient(shards or [], redis_url or "", cfg.memory, load_embedder(cfg.memory.embedder),
                                        seed=worker_id)
         self.count_tokens = self._token_counter()
+        self.buffer = None  # with the LoRA learner on, finished episodes go to its trajectory stream
+        if cfg.learner.enabled:
+            from learner.buffer import TrajectoryBuffer
+
+            self.buffer = TrajectoryBuffer(redis_url or "", learner_namespace(cfg))
 
     def _make_llm(self, engines: list[Any] | None) -> Any:
         if self.cfg.llm.backend == "vllm":
@@ -65,10 +79,17 @@ class RolloutWorker:
 
         env = AsyncEnv(make_env(self.cfg.env, cache_dir=self.cfg.run.cache_dir), self.executor)
         try:
-            return await run_episode(spec, env, self.llm, self.memory, self.cfg, self.count_tokens,
+            traj = await run_episode(spec, env, self.llm, self.memory, self.cfg, self.count_tokens,
                                      model_id=self.cfg.llm.model, writer=self.writer)
         finally:
             await env.close()
+        if self.buffer is not None and spec.learn and traj.error is None:
+            try:
+                await asyncio.to_thread(self.buffer.put, traj)
+            except Exception as e:  # Redis unreachable: the episode is reported failed with the reason
+                traj.error = f"trajectory buffer: {type(e).__name__}: {e}"
+                log.warning("episode %s: %s", spec.episode_id, traj.error)
+        return traj
 
     def pid(self) -> int:
         return os.getpid()

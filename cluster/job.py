@@ -52,7 +52,8 @@ LORA_MODES = ("lora", "memory+lora")
 def mode_config(cfg: Config, mode: str) -> Config:
     """The config of one compared mode: which halves learn, and λ (rag = similarity only)."""
     memory_on = mode in ("rag", "memrl", "memory+lora")
-    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=f"{cfg.memory.namespace}-{mode}",
+    namespace = f"{cfg.memory.namespace}-{mode.replace('+', '_')}"  # namespaces take letters, digits, _ . -
+    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=namespace,
                                  lam=0.0 if mode == "rag" else cfg.memory.lam)
     learner = dataclasses.replace(cfg.learner, enabled=mode in LORA_MODES)
     llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or mode in LORA_MODES)
@@ -111,6 +112,7 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
     recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs)
     held_rec = Recorder(run_dir / "heldout", [t.task_id for t in heldout], 1) if heldout else None
     replaced = 0
+    learner_stats: dict[int, dict] = {}
     try:
         for seed in cfg.rollout.seeds:
             scfg = seed_config(cfg, seed)
@@ -120,15 +122,24 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
             def spawn(i: int, scfg: Config = scfg, shards: Any = shards) -> Any:
                 return start_rollout_workers(scfg, model_path, engines, shards, redis_url, first_id=i, count=1)[0]
 
-            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_id)
+            learner, loop = _start_learner(scfg, run_dir / "learner" / f"s{seed}", model_path, pool, redis_url)
+            version = (lambda: ray.get(learner.get_version.remote())) if learner is not None else None
+            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_id, learner_version=version)
             try:
                 sched.run_seed(seed, done=recorder.finished(seed), max_episodes=max_episodes)
+                if learner is not None:
+                    learner_stats[seed] = _stop_learner(learner, loop)
+                    learner = None
                 if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
                     sched.recorder, sched.learn = held_rec, False
                     sched.run_seed(seed, done=held_rec.finished(seed), epochs=1, tasks=heldout)
             finally:
                 replaced += sched.replaced
                 sched.shutdown()
+                if learner is not None:
+                    ray.kill(learner, no_restart=True)
+                if scfg.learner.enabled and pool is not None:
+                    _run(pool.publish_adapter(0, ""))  # the next seed or mode starts from the base model
                 for h in shards or []:
                     ray.kill(h, no_restart=True)
     finally:
@@ -136,10 +147,47 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
         if held_rec is not None:
             held_rec.close()
     summary = {**recorder.summary(), "replaced_actors": replaced}
+    if learner_stats:
+        summary["learner"] = learner_stats
     if held_rec is not None:
         summary["heldout"] = held_rec.summary()["last"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any, redis_url: str | None) -> tuple[Any, Any]:
+    """With ``learner.enabled``: the learner actor for one seed (resumes from ``out_dir`` if it holds a checkpoint)
+    and its running training loop; else (None, None)."""
+    if not cfg.learner.enabled:
+        return None, None
+    if pool is None:
+        raise RuntimeError("learner.enabled needs llm.backend: vllm (the learner publishes adapters to the pool)")
+    from actors.rollout import learner_namespace
+    from learner.learner import start_learner
+
+    import ray
+
+    try:
+        learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, learner_namespace(cfg),
+                                engines=pool.handles, cache_dir=cfg.run.cache_dir)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(f"the learner actor was not placed in time: it asks for learner.num_cpus="
+                           f"{cfg.learner.num_cpus}, num_gpus={cfg.learner.num_gpus}, resources={cfg.learner.resources}; "
+                           f"the cluster has {ray.available_resources()} free") from None
+    log.info("LoRA learner started (rank %d, batch %d, η %d)", cfg.learner.lora_rank, cfg.learner.batch_size,
+             cfg.learner.max_staleness)
+    return learner, learner.run.remote()
+
+
+def _stop_learner(learner: Any, loop: Any) -> dict[str, Any]:
+    """Drain: train on what the buffer still holds (partial batch), checkpoint, and return the learner's state."""
+    import ray
+
+    ray.get(learner.stop.remote())
+    ray.get(loop)
+    state = ray.get(learner.run.remote(burst=True))
+    ray.kill(learner, no_restart=True)
+    return state
 
 
 def _start_memory(cfg: Config, redis_url: str | None) -> tuple[list[Any] | None, Any]:

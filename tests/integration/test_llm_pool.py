@@ -7,6 +7,7 @@ The balancing and core-binding logic is checked without Ray, against fake handle
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -50,6 +51,15 @@ def adapter(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def _scale_lora_b(adapter_dir: Path, factor: float) -> None:
+    """Multiply every lora_B weight of a saved adapter by ``factor`` (0 = an adapter that changes nothing)."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    save_file({k: (v * factor if "lora_B" in k else v) for k, v in tensors.items()}, str(path))
 
 
 @pytest.mark.slow
@@ -125,10 +135,17 @@ def test_bad_publish_is_an_error_and_the_engine_keeps_serving(pool: LLMPool, ada
     with pytest.raises(ray.exceptions.RayTaskError, match="LoRA|lora"):
         run(pool.publish_adapter(7, str(tmp_path / "missing")))
     run(pool.publish_adapter(7, str(adapter)))  # the failed attempt did not claim the version
-    with pytest.raises(ray.exceptions.RayTaskError, match="publish .* under a new version"):
-        run(pool.publish_adapter(7, str(tmp_path)))  # vLLM would serve the cached weights of version 7
-    assert run(pool.generate(PROMPT, max_tokens=4)).adapter_version == 7
+    served = run(pool.generate(PROMPT, max_tokens=8))
+    assert served.adapter_version == 7
+    # the same version number from another folder (a new learner run) is a new adapter, not vLLM's cached one
+    other = tmp_path / "other-adapter"
+    shutil.copytree(adapter, other)
+    _scale_lora_b(other, 0.0)  # zero update: this adapter serves exactly the base model's outputs
+    run(pool.publish_adapter(7, str(other)))
+    again = run(pool.generate(PROMPT, max_tokens=8))
     run(pool.publish_adapter(0, ""))
+    base = run(pool.generate(PROMPT, max_tokens=8))
+    assert again.adapter_version == 7 and again.output_token_ids == base.output_token_ids != served.output_token_ids
 
 
 # --------------------------------------------------------------------------- without Ray

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, build
-from cluster.job import mode_config
+from cluster.job import mode_config, seed_config
 from cluster.report import aggregate, expand, main, markdown
 
 
@@ -32,6 +32,11 @@ def test_modes_switch_memory_learner_and_lambda() -> None:
     assert len({none.memory.namespace, rag.memory.namespace, memrl.memory.namespace}) == 3  # never shared
     lora, both = mode_config(cfg, "lora"), mode_config(cfg, "memory+lora")
     assert lora.learner.enabled and not lora.memory.enabled and both.learner.enabled and both.memory.enabled
+    assert lora.llm.enable_lora and both.llm.enable_lora and not memrl.llm.enable_lora
+    from memory_server.keys import check_namespace
+
+    for mode in ("none", "rag", "memrl", "lora", "memory+lora"):  # every mode's namespace is a valid Redis namespace
+        check_namespace(seed_config(mode_config(cfg, mode), 0).memory.namespace)
 
 
 def test_bad_modes_and_overlapping_heldout_are_config_errors() -> None:

@@ -1,0 +1,267 @@
+"""The trajectory buffer: rollouts append finished episodes to a Redis stream, the learner consumes them exactly once.
+
+Owns: the typed wire message of one trajectory (``TrainTrajectory`` / ``TrainTurn``; msgpack, a format version,
+token ids and behaviour logprobs as bytes + dtype + shape), ``TrajectoryBuffer.put`` (what rollout code calls),
+and the learner's side: reading through a consumer group (its own un-acknowledged entries first after a restart),
+skipping episodes already trained on, dead-lettering malformed entries, and ``commit`` — the Lua script that marks
+a checkpointed step's episodes as trained and acknowledges its entries in one atomic call.
+
+Exactly-once: an entry is acknowledged only by ``commit``, which the learner calls after a checkpoint covering the
+step was written (the checkpoint also records the commit, replayed on resume: ``COMMIT_STEP`` is idempotent per
+step). A learner that dies before its checkpoint re-reads the entries from its pending list and trains on them
+from the previous checkpoint's weights; one that dies after it finds them acknowledged. Episode ids already in
+the trained set (a re-dispatched episode put twice) are skipped at read time.
+
+    buf = TrajectoryBuffer(redis_url, "run-1"); buf.put(traj)            # rollout side, sync and cheap
+    batch = buf.read(16, block_ms=100)                                  # learner side: [(entry_id, TrainTrajectory)]
+    buf.commit(step=1, version=1, episode_ids=[...], entry_ids=[...])    # after the checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import redis
+
+from memory_server import keys
+from memory_server.records import WireError, _get, decode_array, encode_array
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONSUMER = "learner"  # stable: a restarted learner re-reads its own pending entries first
+
+
+@dataclass
+class TrainTurn:
+    """One LLM call as the learner sees it: what was generated, how likely the engine found it, under which version."""
+
+    prompt_ids: list[int]
+    output_ids: list[int]
+    logprobs: list[float]  # behaviour policy: the engine's log-probability of each output token
+    adapter_version: int
+
+
+@dataclass
+class TrainTrajectory:
+    """One finished episode on the wire between rollouts and the learner."""
+
+    episode_id: str
+    task_id: str
+    epoch: int
+    seed: int
+    reward: float
+    turns: list[TrainTurn] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.episode_id:
+            raise ValueError("episode_id must be a non-empty string")
+        if not math.isfinite(self.reward):
+            raise ValueError(f"reward must be finite, got {self.reward}")
+        if not self.turns:
+            raise ValueError("a trajectory needs at least one turn")
+        for i, t in enumerate(self.turns):
+            if not t.output_ids:
+                raise ValueError(f"turn {i} has no output tokens")
+            if len(t.logprobs) != len(t.output_ids):
+                raise ValueError(f"turn {i}: {len(t.logprobs)} logprobs for {len(t.output_ids)} output tokens")
+            if not all(math.isfinite(x) and x <= 1e-6 for x in t.logprobs):
+                raise ValueError(f"turn {i}: logprobs must be finite and <= 0")
+            if t.adapter_version < 0:
+                raise ValueError(f"turn {i}: adapter version {t.adapter_version} < 0")
+
+    @property
+    def version(self) -> int:
+        """The oldest adapter version that produced any of its tokens (what staleness is measured from)."""
+        return min(t.adapter_version for t in self.turns)
+
+    @classmethod
+    def from_trajectory(cls, traj: Any) -> TrainTrajectory:
+        """From an ``actors.agent.Trajectory`` (turns whose output is empty are left out: nothing to train on)."""
+        turns = [TrainTurn(list(t.prompt_ids), list(t.output_ids), list(t.logprobs), int(t.adapter_version))
+                 for t in traj.turns if t.output_ids]
+        return cls(traj.episode_id, traj.task_id, int(traj.epoch), int(traj.seed), float(traj.reward), turns)
+
+
+def encode_trajectory(t: TrainTrajectory) -> bytes:
+    turns = [{"prompt": encode_array(np.asarray(x.prompt_ids, dtype="<i4")),
+              "output": encode_array(np.asarray(x.output_ids, dtype="<i4")),
+              "logprobs": encode_array(np.asarray(x.logprobs, dtype="<f8")),
+              "version": int(x.adapter_version)} for x in t.turns]
+    return msgpack.packb({"v": FORMAT_VERSION, "type": "trajectory", "episode_id": t.episode_id, "task_id": t.task_id,
+                          "epoch": int(t.epoch), "seed": int(t.seed), "reward": float(t.reward), "turns": turns},
+                         use_bin_type=True)
+
+
+def _ids(obj: dict, name: str, what: str) -> list[int]:
+    arr = decode_array(_get(obj, name, dict, what))
+    if arr.dtype.str != "<i4" or arr.ndim != 1:
+        raise WireError(f"{what}: {name} must be a 1-D <i4 array, got {arr.dtype.str} shape {arr.shape}")
+    return arr.tolist()
+
+
+def decode_trajectory(data: bytes) -> TrainTrajectory:
+    """The trajectory in ``data``, or WireError naming what is wrong (never unpickles)."""
+    what = "trajectory"
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"{what}: expected bytes, got {type(data).__name__}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise WireError(f"{what}: not a valid msgpack message ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise WireError(f"{what}: expected a msgpack map, got {type(obj).__name__}")
+    if obj.get("v") != FORMAT_VERSION:
+        raise WireError(f"{what}: format version {obj.get('v')!r}, this code reads version {FORMAT_VERSION}")
+    if obj.get("type") != what:
+        raise WireError(f"expected a {what!r} message, got type {obj.get('type')!r}")
+    turns = []
+    for i, tobj in enumerate(_get(obj, "turns", list, what)):
+        if not isinstance(tobj, dict):
+            raise WireError(f"{what}: turn {i} is not a map")
+        lp = decode_array(_get(tobj, "logprobs", dict, f"turn {i}"))
+        if lp.dtype.str != "<f8" or lp.ndim != 1:
+            raise WireError(f"turn {i}: logprobs must be a 1-D <f8 array")
+        turns.append(TrainTurn(_ids(tobj, "prompt", f"turn {i}"), _ids(tobj, "output", f"turn {i}"), lp.tolist(),
+                               _get(tobj, "version", int, f"turn {i}")))
+    try:
+        return TrainTrajectory(_get(obj, "episode_id", str, what), _get(obj, "task_id", str, what),
+                               _get(obj, "epoch", int, what), _get(obj, "seed", int, what),
+                               _get(obj, "reward", float, what), turns)
+    except ValueError as e:  # __post_init__ checks
+        raise WireError(f"{what}: {e}") from None
+
+
+class TrajectoryBuffer:
+    """Both ends of the trajectory stream of one namespace. Cheap to construct; one Redis connection pool."""
+
+    def __init__(self, redis_url: str, namespace: str, maxlen: int | None = None) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.namespace = keys.check_namespace(namespace)
+        self.stream = keys.trajectory_stream(namespace)
+        self.dead_letter = keys.learner_dead_letter_stream(namespace)
+        self.trained = keys.trained_set(namespace)
+        self.meta = keys.learner_meta(namespace)
+        self.maxlen = maxlen  # None: never trim (trimming could drop entries the learner has not read)
+        self._commit = self.client.register_script(keys.COMMIT_STEP)
+        self._backlog = True  # the consumer's own pending entries (from before a restart) come first
+        self.stats = {"read": 0, "duplicate": 0, "dead_letter": 0}
+
+    # ------------------------------------------------------------------ rollout side
+
+    def put(self, traj: Any) -> str | None:
+        """Append a finished ``actors.agent.Trajectory`` (or a ``TrainTrajectory``); returns the entry id.
+
+        Episodes that failed (``error`` set) or produced no tokens are not training data: returns None.
+        """
+        if getattr(traj, "error", None):
+            return None
+        if not isinstance(traj, TrainTrajectory):
+            if not any(t.output_ids for t in traj.turns):
+                return None
+            traj = TrainTrajectory.from_trajectory(traj)
+        kwargs = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
+        entry = self.client.xadd(self.stream, {"t": encode_trajectory(traj)}, **kwargs)
+        return entry.decode() if isinstance(entry, bytes) else entry
+
+    # ------------------------------------------------------------------ learner side
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, keys.LEARNER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def read(self, count: int, block_ms: int | None = None,
+             skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, TrainTrajectory | None]]:
+        """Up to ``count`` entries: own pending first (after a restart), then new ones, waiting up to ``block_ms``.
+
+        Returns ``(entry_id, trajectory)``; the trajectory is None for an entry that must not be trained on
+        (malformed -> dead letter; episode already trained, or in ``skip``) but still has to be acknowledged
+        by the next ``commit``.
+        """
+        self.ensure_group()
+        entries: list = []
+        if self._backlog:
+            reply = self.client.xreadgroup(keys.LEARNER_GROUP, CONSUMER, {self.stream: "0"}, count=count)
+            entries = list(reply[0][1]) if reply else []
+            self._backlog = len(entries) == count  # fewer: the backlog is done, new entries next
+        if len(entries) < count and not self._backlog:
+            reply = self.client.xreadgroup(keys.LEARNER_GROUP, CONSUMER, {self.stream: ">"},
+                                           count=count - len(entries), block=block_ms)
+            entries += reply[0][1] if reply else []
+        out: list[tuple[str, TrainTrajectory | None]] = []
+        dead = []
+        for entry_id, fields in entries:
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if fields is None:  # deleted while pending
+                out.append((entry_id, None))
+                continue
+            try:
+                if b"t" not in fields:
+                    raise WireError("entry has no 't' field")
+                out.append((entry_id, decode_trajectory(fields[b"t"])))
+            except WireError as e:
+                dead.append((entry_id, fields, str(e)))
+                out.append((entry_id, None))
+        if dead:
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id, fields, reason in dead:
+                pipe.xadd(self.dead_letter, {"stream": self.stream, "entry": entry_id, "reason": reason,
+                                             "raw": repr(fields)[:2000]})
+                log.warning("trajectory entry %s is malformed (%s): sent to %s", entry_id, reason, self.dead_letter)
+            pipe.execute()
+            self.stats["dead_letter"] += len(dead)
+        good = [(i, t) for i, t in out if t is not None]
+        if good:
+            seen = self.client.smismember(self.trained, [t.episode_id for _, t in good])
+            trained = {t.episode_id for (_, t), s in zip(good, seen) if s} | set(skip)
+            if trained:
+                out = [(i, None if t is not None and t.episode_id in trained else t) for i, t in out]
+                self.stats["duplicate"] += sum(1 for _, t in good if t.episode_id in trained)
+        self.stats["read"] += len(out)
+        return out
+
+    def commit(self, step: int, version: int, episode_ids: list[str], entry_ids: list[str], stale: int = 0) -> dict:
+        """Mark ``episode_ids`` trained by ``step`` and acknowledge ``entry_ids``, atomically; idempotent per step."""
+        new, dup, committed = self._commit(
+            keys=[self.stream, self.trained, keys.learner_commits_stream(self.namespace), self.meta],
+            args=[keys.LEARNER_GROUP, int(step), int(version), msgpack.packb(list(episode_ids), use_bin_type=False),
+                  msgpack.packb(list(entry_ids), use_bin_type=False), int(stale)])
+        return {"new": int(new), "duplicates": int(dup), "committed": bool(committed)}
+
+    # ------------------------------------------------------------------ introspection
+
+    def committed(self) -> dict[str, int]:
+        """committed_step, version, trained, duplicates, stale (0 when nothing was committed)."""
+        raw = self.client.hgetall(self.meta)
+        out = {k.decode(): int(v) for k, v in raw.items()}
+        return {"committed_step": out.get("committed_step", -1), "version": out.get("version", 0),
+                **{k: out.get(k, 0) for k in ("trained", "duplicates", "stale")}}
+
+    def commit_log(self) -> list[dict]:
+        """Every committed step: step, version, episodes, stale (oldest first)."""
+        rows = self.client.xrange(keys.learner_commits_stream(self.namespace))
+        return [{"step": int(f[b"step"]), "version": int(f[b"version"]), "stale": int(f[b"stale"]),
+                 "episodes": msgpack.unpackb(f[b"episodes"], raw=False)} for _, f in rows]
+
+    def backlog(self) -> int:
+        """Entries not yet acknowledged: pending with the learner plus not yet read (the admission signal)."""
+        self.ensure_group()
+        for g in self.client.xinfo_groups(self.stream):
+            if g["name"] in (keys.LEARNER_GROUP, keys.LEARNER_GROUP.encode()):
+                return int(g["pending"]) + int(g.get("lag") or 0)
+        return 0
+
+    def dead_letters(self) -> list[dict]:
+        return [{k.decode(): v.decode(errors="replace") for k, v in f.items()}
+                for _, f in self.client.xrange(self.dead_letter)]
+
+    def close(self) -> None:
+        self.client.close()

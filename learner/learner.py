@@ -1,0 +1,380 @@
+"""The LoRA learner: trains an adapter on the agents' trajectories and hot-swaps each new version into the pool.
+
+Owns: the pool's base model in torch with a peft LoRA, the learner step (read a batch from the trajectory
+buffer, staleness gate, group advantages, decoupled PPO with AdamW and gradient clipping), publishing adapter
+versions (saved to ``out_dir/adapters/v{N}``, then ``publish_adapter`` on every engine), checkpoints in
+``out_dir/checkpoint`` with resume, and per-step metrics (``out_dir/learner_metrics.jsonl``).
+
+Order inside a step, chosen so that a crash at any point neither loses nor doubles a trajectory:
+train -> (publish due: version + 1, save the adapter) -> checkpoint (weights, optimizer, step, version, what the
+steps since the last checkpoint consumed) -> commit in Redis (trained episode ids + XACK, one Lua call,
+idempotent per step) -> publish to the engines. A resumed learner replays the checkpoint's commits and
+re-publishes its version to engines that do not serve it; entries it had read but not checkpointed are still
+pending in the stream and are read again first.
+
+A plain class; ``start_learner`` makes it a threaded Ray actor (``run`` in one thread, ``version`` / ``state`` /
+``stop`` answer meanwhile). Without Ray:
+
+    learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.handles)
+    learner.run(max_steps=10)            # or burst=True: train on what is in the buffer, then return
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cluster.config import LearnerConfig
+from learner.buffer import TrainTrajectory, TrajectoryBuffer
+from learner.losses import decoupled_ppo_loss, group_advantages, staleness_filter, staleness_histogram
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    """One LoRA policy trained on one namespace's trajectory stream (a single learner per stream)."""
+
+    def __init__(self, cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
+                 engines: list[Any] | None = None, cache_dir: str | None = None, seed: int = 0,
+                 initial_version: int = 0) -> None:
+        if cache_dir is not None:
+            from cluster.services import redirect_caches
+
+            redirect_caches(Path(cache_dir))
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.model_path, self.engines = cfg, model_path, list(engines or [])
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device("cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.target_modules),
+                          lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, lora).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr)
+        self.buffer = TrajectoryBuffer(redis_url, namespace)
+        self.buffer.ensure_group()
+
+        self.step_no = 0  # learner steps done (optimizer updates happen minibatches times per step)
+        # adapter version of the last publication (0 = base model). Versions are the engines' LoRA ids, bound to a
+        # path for an engine's lifetime: a fresh learner facing engines that outlive runs (one shared test engine)
+        # starts at ``initial_version`` and calls ``publish_current`` so that rollouts run on a version it owns.
+        self.version = initial_version
+        self.resumed_from: int | None = None
+        self._held: list[tuple[str, TrainTrajectory]] = []  # read, waiting for a full batch
+        self._skip_entries: list[str] = []  # read, not to be trained on (duplicate, malformed, stale): ack next commit
+        self._uncheckpointed: list[dict] = []  # per step since the last checkpoint: step, version, episodes, entries
+        self._stale_pending = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # steps and checkpoints never overlap (the actor is threaded)
+        self._started = time.monotonic()
+        self.last_metrics: dict[str, Any] = {}
+        self.totals = Counter()  # trained, stale, steps, publishes
+        self._resume()
+
+    # ------------------------------------------------------------------ public API
+
+    def get_version(self) -> int:
+        """The adapter version the learner last published (what staleness is measured against)."""
+        return self.version
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step_no, "version": self.version, "resumed_from": self.resumed_from,
+                "held": len(self._held), "totals": dict(self.totals), "last": self.last_metrics,
+                "device": str(self.device), "pid": os.getpid()}
+
+    def publish_current(self) -> int:
+        """Save the current weights as ``adapters/v{version}`` and serve them on every engine; returns the version."""
+        with self._lock:
+            if self.step_no:  # the engines cache a version's weights by id: never re-save a published version
+                raise RuntimeError("publish_current is for a fresh learner (step 0); this one is at step "
+                                   f"{self.step_no} and publishes by itself")
+            self._save_adapter(self._adapter_dir(self.version))
+            self._publish(self.version)
+            return self.version
+
+    def stop(self) -> None:
+        """Ask ``run`` to return after the current step (it checkpoints what it consumed first)."""
+        self._stop.set()
+
+    def run(self, max_steps: int | None = None, burst: bool = False, block_ms: int = 500) -> dict[str, Any]:
+        """Train until ``stop()``, ``max_steps`` steps, or (``burst``) the buffer has nothing left; then checkpoint."""
+        done = 0
+        while not self._stop.is_set() and (max_steps is None or done < max_steps):
+            metrics = self.step(block_ms=block_ms, partial=burst)
+            if metrics is None:
+                if burst:
+                    break
+                continue
+            done += metrics["trajectories"] > 0
+        with self._lock:
+            if self._uncheckpointed or self._skip_entries:
+                self._checkpoint_and_commit()
+        self._stop.clear()  # a stop() ends one run
+        return self.state()
+
+    def step(self, block_ms: int = 500, partial: bool = False) -> dict[str, Any] | None:
+        """One learner step on ``batch_size`` trajectories (fewer if ``partial``); None when no batch is ready."""
+        with self._lock:
+            return self._step(block_ms, partial)
+
+    # ------------------------------------------------------------------ the step
+
+    def _step(self, block_ms: int, partial: bool) -> dict[str, Any] | None:
+        import torch
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        # 1. gather a batch (own pending entries first after a restart, then new ones)
+        need = cfg.batch_size - len(self._held)
+        if need > 0:
+            skip = {t.episode_id for _, t in self._held} | {e for s in self._uncheckpointed for e in s["episodes"]}
+            for entry_id, traj in self.buffer.read(need, block_ms=block_ms, skip=skip):
+                if traj is None:
+                    self._skip_entries.append(entry_id)
+                else:
+                    skip.add(traj.episode_id)
+                    self._held.append((entry_id, traj))
+        if len(self._held) < cfg.batch_size and not (partial and self._held):
+            return None
+        batch, self._held = self._held[:cfg.batch_size], self._held[cfg.batch_size:]
+        timings["read"] = time.perf_counter() - t0
+
+        # 2. staleness gate: drop what is more than eta versions behind the current adapter
+        versions = [t.version for _, t in batch]
+        keep, drop = staleness_filter(versions, self.version, cfg.max_staleness)
+        self._skip_entries += [batch[i][0] for i in drop]
+        self._stale_pending += len(drop)
+        self.totals["stale"] += len(drop)
+        trajs = [batch[i][1] for i in keep]
+        entries = [batch[i][0] for i in keep]
+        if not trajs:
+            return {"trajectories": 0, "dropped_stale": len(drop), "version": self.version, "step": self.step_no}
+
+        # 3. advantages (groups = episodes of the same task), sequences, proximal logprobs (no grad)
+        t1 = time.perf_counter()
+        adv = group_advantages([t.reward for t in trajs], [t.task_id for t in trajs])
+        seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
+        # minibatch mb holds the turns of trajectories ti with ti % minibatches == mb, in micro-batch chunks
+        chunks = []
+        for mb in range(cfg.minibatches):
+            rows = [s for s in range(len(seqs)) if seqs[s][0] % cfg.minibatches == mb]
+            chunks += [(mb, rows[i:i + cfg.micro_batch]) for i in range(0, len(rows), cfg.micro_batch)]
+        with torch.no_grad():
+            self.model.eval()
+            prox = [self._logprobs([seqs[s] for s in rows])[0] for _, rows in chunks]
+        timings["prox"] = time.perf_counter() - t1
+
+        # 4. decoupled PPO: one AdamW update per minibatch (gradients accumulated over its chunks), grad clipping
+        t1 = time.perf_counter()
+        self.model.train()
+        sums: Counter = Counter()
+        grad_norms = []
+        for mb in range(cfg.minibatches):
+            mine = [c for c, (m, _) in enumerate(chunks) if m == mb]
+            n_tokens = sum(len(seqs[s][1].output_ids) for c in mine for s in chunks[c][1])
+            if n_tokens == 0:
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            for c in mine:
+                rows = chunks[c][1]
+                logp, behav, mask = self._logprobs([seqs[s] for s in rows])
+                a = adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
+                loss, m = decoupled_ppo_loss(logp, prox[c], behav, a, mask, cfg.clip_eps,
+                                             cfg.behav_weight_cap, num_tokens=n_tokens)
+                loss.backward()
+                sums["loss"] += float(loss.detach()) / cfg.minibatches
+                for k, v in m.items():
+                    sums[k] += float(v)
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
+            self.optimizer.step()
+        timings["train"] = time.perf_counter() - t1
+
+        self.step_no += 1
+        self.totals["steps"] += 1
+        self.totals["trained"] += len(trajs)
+        self._uncheckpointed.append({"step": self.step_no, "episodes": [t.episode_id for t in trajs],
+                                     "entries": entries, "stale": self._stale_pending, "version": None})
+        self._stale_pending = 0
+
+        # 5. publish (save now; engines are told after the checkpoint) and checkpoint + commit
+        t1 = time.perf_counter()
+        publish = self.step_no % cfg.publish_interval == 0
+        if publish:
+            self.version += 1
+            self._save_adapter(self._adapter_dir(self.version))
+        self._uncheckpointed[-1]["version"] = self.version
+        if publish or self.step_no % cfg.checkpoint_interval == 0:
+            self._checkpoint_and_commit()
+        timings["checkpoint"] = time.perf_counter() - t1
+        latency = None
+        if publish:
+            self._publish(self.version)
+            latency = time.perf_counter() - t1  # save start -> every engine serves it to new requests
+            self.totals["publishes"] += 1
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": len(drop),
+            "sequences": len(seqs), "tokens": int(sums["tokens"]), "loss": sums["loss"],
+            "kl_behav": sums["kl_sum"] / max(sums["tokens"], 1.0), "clip_frac": sums["clipped"] / max(sums["tokens"], 1.0),
+            "behav_weight": sums["weight_sum"] / max(sums["tokens"], 1.0), "grad_norm": max(grad_norms or [0.0]),
+            "advantage_abs": float(adv.abs().mean()), "reward_mean": sum(t.reward for t in trajs) / len(trajs),
+            "staleness": staleness_histogram([t.version for t in trajs], self.version - publish),
+            "step_s": elapsed, "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
+            "trained_per_s": self.totals["trained"] / (time.monotonic() - self._started),
+            "published": publish, "publish_latency_s": latency, "timings": timings,
+            "episode_ids": [t.episode_id for t in trajs], "time": time.time(),
+        }
+        self.last_metrics = metrics
+        with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        return metrics
+
+    def _logprobs(self, seqs: list[tuple[int, Any]]) -> tuple[Any, Any, Any]:
+        """Per output token of each turn (right-padded): log pi_theta, behaviour logprob, mask."""
+        import torch
+
+        lengths = [len(t.prompt_ids) + len(t.output_ids) for _, t in seqs]
+        width = max(lengths)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        attn = torch.zeros(len(seqs), width, dtype=torch.long)
+        behav = torch.zeros(len(seqs), width - 1)
+        mask = torch.zeros(len(seqs), width - 1)
+        for row, (_, t) in enumerate(seqs):
+            full = list(t.prompt_ids) + list(t.output_ids)
+            ids[row, :len(full)] = torch.tensor(full)
+            attn[row, :len(full)] = 1
+            start = len(t.prompt_ids) - 1  # logits at position p predict token p + 1
+            behav[row, start:start + len(t.output_ids)] = torch.tensor(t.logprobs)
+            mask[row, start:start + len(t.output_ids)] = 1
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return logp, behav.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ adapters and engines
+
+    def _adapter_dir(self, version: int) -> Path:
+        return self.out_dir / "adapters" / f"v{version}"
+
+    def _save_adapter(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+
+    def _publish(self, version: int, only_stale: bool = False) -> None:
+        """Serve ``version`` on every engine (``only_stale``: only those serving another version)."""
+        if not self.engines:
+            return
+        import ray
+
+        targets = self.engines
+        if only_stale:
+            health = ray.get([h.health.remote() for h in self.engines])
+            targets = [h for h, s in zip(self.engines, health) if s["adapter_version"] != version]
+        ray.get([h.publish_adapter.remote(version, str(self._adapter_dir(version))) for h in targets])
+
+    # ------------------------------------------------------------------ checkpoint and resume
+
+    def _checkpoint_and_commit(self) -> None:
+        """Write the checkpoint (atomically: a new folder, then the ``latest.json`` pointer), then commit in Redis."""
+        import torch
+
+        root = self.out_dir / "checkpoint"
+        folder = root / f"step-{self.step_no}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.model.save_pretrained(str(folder / "adapter"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        # the entries read but not trained on are acknowledged with the last step (or a step-less commit)
+        steps = [dict(s) for s in self._uncheckpointed]
+        if self._skip_entries:
+            if steps:
+                steps[-1]["entries"] = steps[-1]["entries"] + self._skip_entries
+            else:  # nothing trained since the last checkpoint: ack under the last committed step (a no-op commit)
+                steps.append({"step": self.step_no, "episodes": [], "entries": list(self._skip_entries),
+                              "stale": self._stale_pending, "version": self.version, "ack_only": True})
+        state = {"step": self.step_no, "version": self.version, "model_path": self.model_path,
+                 "lora_rank": self.cfg.lora_rank, "target_modules": list(self.cfg.target_modules),
+                 "totals": dict(self.totals), "commits": steps, "time": time.time()}
+        (folder / "state.json").write_text(json.dumps(state))
+        pointer = root / "latest.json"
+        tmp = root / "latest.json.tmp"
+        tmp.write_text(json.dumps({"step": self.step_no, "dir": folder.name}))
+        os.replace(tmp, pointer)
+        for old in root.glob("step-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        self._commit(steps)
+        self._uncheckpointed, self._skip_entries, self._stale_pending = [], [], 0
+
+    def _commit(self, steps: list[dict]) -> None:
+        for s in steps:
+            if s.get("ack_only"):  # a step number at or below committed_step only acknowledges
+                self.buffer.commit(-1, self.version, [], s["entries"])
+            else:
+                res = self.buffer.commit(s["step"], s["version"], s["episodes"], s["entries"], s["stale"])
+                if res["duplicates"]:
+                    log.error("step %d: %d episodes were already trained (two learners on one stream?)",
+                              s["step"], res["duplicates"])
+
+    def _resume(self) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        pointer = self.out_dir / "checkpoint" / "latest.json"
+        if not pointer.is_file():
+            return
+        folder = pointer.parent / json.loads(pointer.read_text())["dir"]
+        state = json.loads((folder / "state.json").read_text())
+        if state["model_path"] != self.model_path or state["lora_rank"] != self.cfg.lora_rank:
+            log.warning("checkpoint %s was made for %s (rank %s); resuming onto %s (rank %s)", folder,
+                        state["model_path"], state["lora_rank"], self.model_path, self.cfg.lora_rank)
+        weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"checkpoint {folder} does not fit this LoRA: unexpected {result.unexpected_keys[:3]}")
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.step_no, self.version = int(state["step"]), int(state["version"])
+        self.totals.update(state.get("totals", {}))
+        self.resumed_from = self.step_no
+        self._commit(state["commits"])  # idempotent: a commit that already happened only re-acknowledges
+        if self.version > 0:
+            self._publish(self.version, only_stale=True)  # rollouts may have kept running on an older one
+        log.info("learner resumed from %s: step %d, adapter version %d", folder, self.step_no, self.version)
+
+
+def start_learner(cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
+                  engines: list[Any] | None = None, cache_dir: str | None = None, max_restarts: int = 0,
+                  timeout_s: float = 300.0, initial_version: int = 0) -> Any:
+    """The learner as a threaded Ray actor (``num_cpus`` / ``num_gpus`` / ``resources`` from ``cfg``), ready to ``run``."""
+    import ray
+
+    actor = ray.remote(Learner).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources),
+                                        max_concurrency=4, max_restarts=max_restarts)
+    handle = actor.remote(cfg, model_path, redis_url, str(out_dir), namespace, engines, cache_dir,
+                          initial_version=initial_version)
+    try:
+        ray.get(handle.state.remote(), timeout=timeout_s)
+    except BaseException:
+        ray.kill(handle)
+        raise
+    return handle

@@ -1,0 +1,82 @@
+"""The learner's math, pure torch: group-normalised advantages, the decoupled PPO objective, the staleness filter.
+
+Owns nothing stateful; every function is unit-tested with hand-computed cases (tests/unit/test_learner.py).
+
+- ``group_advantages``: GRPO without a critic. Groups are the episodes of one task in the batch;
+  A = (r - mean_group) / (std_group + eps) with the population standard deviation; a group of one episode, or
+  one whose rewards are all equal, gets A = 0 (no signal).
+- ``decoupled_ppo_loss``: AReaL's objective. Per output token, with pi_behav the engine's logprob (the policy
+  version that sampled it), pi_prox the policy at the start of this learner step (no grad) and pi_theta the
+  policy being trained: r = pi_theta / pi_prox, w = pi_prox / pi_behav (detached, optionally capped),
+  loss = - sum_t w_t * min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t) / number of tokens.
+- ``staleness_filter``: keep a trajectory only if current_version - its version <= eta.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+
+def group_advantages(rewards: Sequence[float] | torch.Tensor, groups: Sequence[str], eps: float = 1e-6) -> torch.Tensor:
+    """One advantage per episode: its reward normalised within the episodes of the same group (task)."""
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    if r.ndim != 1 or len(groups) != r.shape[0]:
+        raise ValueError(f"{r.shape} rewards for {len(groups)} group labels")
+    adv = torch.zeros_like(r)
+    for g in dict.fromkeys(groups):  # first-seen order; deterministic
+        idx = torch.tensor([i for i, x in enumerate(groups) if x == g])
+        if len(idx) < 2:
+            continue
+        x = r[idx]
+        adv[idx] = (x - x.mean()) / (x.std(unbiased=False) + eps)
+    return adv.to(torch.float32)
+
+
+def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor,
+                       advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float,
+                       behav_weight_cap: float | None = None, num_tokens: float | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoupled PPO loss over the tokens where ``mask`` is 1 (all tensors the same shape).
+
+    ``num_tokens`` divides the sum (default: ``mask.sum()``); pass the whole batch's token count when the batch
+    is split into micro-batches so that their losses add up to the batch's mean. Metrics are sums over this
+    call's tokens (``tokens``, ``kl_sum``, ``clipped``, ``weight_sum``), to be added up by the caller.
+    """
+    mask = mask.to(logp.dtype)
+    n = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
+    logp_prox, logp_behav = logp_prox.detach(), logp_behav.detach()
+    ratio = torch.exp(logp - logp_prox)
+    weight = torch.exp(logp_prox - logp_behav)
+    if behav_weight_cap is not None:
+        weight = weight.clamp(max=behav_weight_cap)
+    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    loss = -(weight * surrogate * mask).sum() / n.clamp(min=1)
+    with torch.no_grad():
+        d = logp - logp_behav  # log(pi_theta / pi_behav); k3 estimator of KL(behav || theta) = e^d - 1 - d
+        kl = (torch.exp(d) - 1 - d) * mask
+        clipped = ((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask
+        metrics = {"tokens": mask.sum(), "kl_sum": kl.sum(), "clipped": clipped.sum(), "weight_sum": (weight * mask).sum()}
+    return loss, metrics
+
+
+def staleness_filter(versions: Sequence[int], current_version: int, max_staleness: int) -> tuple[list[int], list[int]]:
+    """Indices to keep (current - version <= max_staleness) and indices dropped, in input order."""
+    keep, drop = [], []
+    for i, v in enumerate(versions):
+        (keep if current_version - v <= max_staleness else drop).append(i)
+    return keep, drop
+
+
+def staleness_histogram(versions: Sequence[int], current_version: int) -> dict[int, int]:
+    """How many trajectories are k versions behind, for each k seen."""
+    return dict(sorted(Counter(current_version - v for v in versions).items()))
+
+
+def rollout_capacity(version: int, max_staleness: int, batch_size: int, initial_version: int = 0) -> int:
+    """AReaL's admission rule: how many trajectories may have been started in total while the learner is at
+    ``version``: (steps published + eta + 1) * batch_size. Dispatching no more keeps every trajectory within eta
+    versions of the policy that trains on it (with ``publish_interval`` 1; with k, multiply the steps by k)."""
+    return (version - initial_version + max_staleness + 1) * batch_size

@@ -1,0 +1,155 @@
+"""The learner's math and wire format, hand-computed: group advantages, ratio clipping, decoupled weights, the
+staleness filter, and the trajectory message (round trip and malformed messages)."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+import torch
+
+from actors.agent import Trajectory, Turn
+from learner.buffer import TrainTrajectory, TrainTurn, decode_trajectory, encode_trajectory
+from learner.losses import decoupled_ppo_loss, group_advantages, staleness_filter, staleness_histogram
+from memory_server.records import WireError
+
+EPS = 1e-6
+
+
+# --------------------------------------------------------------------------- advantages
+
+def test_group_advantages_normalise_within_each_task() -> None:
+    adv = group_advantages([1.0, -1.0, 3.0, 1.0, 2.0, 0.5], ["a", "a", "b", "b", "b", "c"], eps=EPS)
+    s = math.sqrt(2 / 3)  # population std of (3, 1, 2)
+    expected = [1 / (1 + EPS), -1 / (1 + EPS), 1 / (s + EPS), -1 / (s + EPS), 0.0, 0.0]  # c: one episode -> 0
+    assert adv.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_advantages_are_zero_without_signal() -> None:
+    assert group_advantages([1.0, 1.0, -1.0], ["a", "a", "b"]).tolist() == [0.0, 0.0, 0.0]
+    assert group_advantages([], []).tolist() == []
+    with pytest.raises(ValueError):
+        group_advantages([1.0, 2.0], ["a"])
+
+
+# --------------------------------------------------------------------------- decoupled PPO
+
+def _t(*xs: float) -> torch.Tensor:
+    return torch.tensor(xs, dtype=torch.float32)
+
+
+def test_ratio_clipping_takes_the_pessimistic_side() -> None:
+    # r = pi_theta / pi_prox; behaviour = proximal, so every weight is 1
+    for r, a, expect_loss, expect_grad in [
+        (1.5, +1.0, -1.2, 0.0),   # min(1.5, 1.2) = 1.2: clipped, no gradient
+        (1.5, -1.0, +1.5, 1.5),   # min(-1.5, -1.2) = -1.5: unclipped, d(-r A)/dlog r = -A r = 1.5
+        (0.5, +1.0, -0.5, -0.5),  # min(0.5, 0.8) = 0.5: unclipped
+        (0.5, -1.0, +0.8, 0.0),   # min(-0.5, -0.8) = -0.8: clipped
+        (1.1, +1.0, -1.1, -1.1),  # inside the band
+    ]:
+        logp = torch.tensor([math.log(r)], requires_grad=True)
+        loss, m = decoupled_ppo_loss(logp, _t(0.0), _t(0.0), _t(a), _t(1.0), clip_eps=0.2)
+        loss.backward()
+        assert float(loss.detach()) == pytest.approx(expect_loss, rel=1e-5), (r, a)
+        assert float(logp.grad[0]) == pytest.approx(expect_grad, abs=1e-6), (r, a)
+        assert float(m["clipped"]) == (1.0 if abs(r - 1) > 0.2 else 0.0)
+
+
+def test_decoupled_weight_is_prox_over_behaviour_and_can_be_capped() -> None:
+    prox, behav = math.log(0.5), math.log(0.25)  # w = 0.5 / 0.25 = 2
+    logp = torch.tensor([prox], requires_grad=True)  # r = 1
+    loss, m = decoupled_ppo_loss(logp, _t(prox), _t(behav), _t(1.0), _t(1.0), clip_eps=0.2)
+    assert float(loss.detach()) == pytest.approx(-2.0, rel=1e-5)
+    assert float(m["weight_sum"]) == pytest.approx(2.0, rel=1e-5)
+    d = prox - behav  # KL(behav || theta), k3 estimator
+    assert float(m["kl_sum"]) == pytest.approx(math.exp(d) - 1 - d, rel=1e-5)
+    loss.backward()
+    assert float(logp.grad[0]) == pytest.approx(-2.0, rel=1e-5)  # the weight scales the gradient, gets none itself
+    capped, _ = decoupled_ppo_loss(logp, _t(prox), _t(behav), _t(1.0), _t(1.0), clip_eps=0.2, behav_weight_cap=1.5)
+    assert float(capped.detach()) == pytest.approx(-1.5, rel=1e-5)
+
+
+def test_mask_and_token_mean() -> None:
+    # two tokens count, the third is padding; token means: (-(1*1) + -(1*2)) / 2 with r = 1, w = 1
+    z = _t(0.0, 0.0, 0.0)
+    loss, m = decoupled_ppo_loss(z.clone().requires_grad_(), z, z, _t(1.0, 2.0, 100.0), _t(1.0, 1.0, 0.0), 0.2)
+    assert float(loss.detach()) == pytest.approx(-1.5) and float(m["tokens"]) == 2
+    split, _ = decoupled_ppo_loss(z.clone(), z, z, _t(1.0, 2.0, 100.0), _t(1.0, 1.0, 0.0), 0.2, num_tokens=4)
+    assert float(split) == pytest.approx(-0.75)  # micro-batches divide by the whole batch's token count
+
+
+# --------------------------------------------------------------------------- staleness
+
+def test_staleness_filter_keeps_at_most_eta_versions_behind() -> None:
+    assert staleness_filter([0, 1, 2, 3, 5], current_version=5, max_staleness=2) == ([3, 4], [0, 1, 2])
+    assert staleness_filter([5, 4, 5], current_version=5, max_staleness=0) == ([0, 2], [1])
+    assert staleness_filter([0, 0], current_version=0, max_staleness=0) == ([0, 1], [])
+    assert staleness_histogram([3, 5, 5, 0], 5) == {0: 2, 2: 1, 5: 1}
+
+
+def test_trajectory_version_is_its_oldest_turn() -> None:
+    t = TrainTrajectory("e", "t", 0, 0, 1.0, [TrainTurn([1], [2], [-0.1], 3), TrainTurn([1], [2], [-0.1], 2)])
+    assert t.version == 2
+
+
+# --------------------------------------------------------------------------- wire format
+
+def _traj() -> TrainTrajectory:
+    return TrainTrajectory("run/s0-e1-task3", "task3", 1, 0, -1.0, [
+        TrainTurn([5, 6, 7], [8, 9], [-0.25, -1.5], 0), TrainTurn([5, 6, 7, 8, 9], [10], [-0.125], 1)])
+
+
+def test_trajectory_message_round_trip() -> None:
+    t = _traj()
+    assert decode_trajectory(encode_trajectory(t)) == t
+
+
+def test_from_agent_trajectory_drops_empty_turns() -> None:
+    traj = Trajectory("ep", "task", 2, 1, won=True, reward=1.0, turns=[
+        Turn([1, 2], [3], [-0.5], 4, "go north", "ok"), Turn([1, 2], [], [], 4, "", "nothing")])
+    t = TrainTrajectory.from_trajectory(traj)
+    assert (t.episode_id, t.task_id, t.epoch, t.seed, t.reward, t.version) == ("ep", "task", 2, 1, 1.0, 4)
+    assert t.turns == [TrainTurn([1, 2], [3], [-0.5], 4)]
+
+
+def _mutated(**changes: object) -> bytes:
+    obj = msgpack.unpackb(encode_trajectory(_traj()), raw=False)
+    for k, v in changes.items():
+        if k.startswith("turn_"):
+            obj["turns"][0][k[5:]] = v
+        else:
+            obj[k] = v
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (b"\xc1not msgpack", "not a valid msgpack"),
+    (msgpack.packb([1, 2]), "expected a msgpack map"),
+    (_mutated(v=99), "format version 99"),
+    (_mutated(type="reward"), "expected a 'trajectory' message"),
+    (_mutated(reward="high"), "'reward' must be float"),
+    (_mutated(reward=float("nan")), "reward must be finite"),
+    (_mutated(turns=[]), "at least one turn"),
+    (_mutated(turn_logprobs={"dtype": "<f8", "shape": [1], "data": b"\0" * 8}), "1 logprobs for 2 output tokens"),
+    (_mutated(turn_logprobs={"dtype": "<f8", "shape": [2], "data": b"\0" * 8}), "data bytes"),
+    (_mutated(turn_output={"dtype": "<f8", "shape": [2], "data": b"\0" * 16}), "<i4"),
+    (_mutated(turn_version=-1), "adapter version -1"),
+    (_mutated(episode_id=None), "'episode_id' must be str"),
+])
+def test_malformed_messages_are_rejected_with_the_reason(blob: bytes, reason: str) -> None:
+    with pytest.raises(WireError, match=reason):
+        decode_trajectory(blob)
+
+
+def test_positive_logprobs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="<= 0"):
+        TrainTrajectory("e", "t", 0, 0, 0.0, [TrainTurn([1], [2], [0.5], 0)])
+
+
+def test_rollout_capacity_is_areals_admission_rule() -> None:
+    from learner.losses import rollout_capacity
+
+    assert rollout_capacity(0, max_staleness=2, batch_size=8) == 24  # before any update: eta + 1 batches
+    assert rollout_capacity(3, max_staleness=2, batch_size=8) == 48
+    assert rollout_capacity(103, max_staleness=0, batch_size=4, initial_version=100) == 16

@@ -1,11 +1,14 @@
-"""The project's small default model "epiq-tiny": a locally trained tokenizer and a random-init LLaMA.
+"""The project's small default model "epiq-tiny": a locally trained tokenizer and a LLaMA policy trained on CPU.
 
 Owns: the built-in text-game corpus, training a byte-level BPE tokenizer on it (no downloads), the tiny
-LLaMA config, building both deterministically (same seed -> byte-identical ``model.safetensors``, its sha256
-in ``build_info.json``), the cache folder ``<cache_dir>/models/epiq-tiny-<hash>`` (built once, atomically),
-and resolving ``llm.model`` ("epiq-tiny" -> that folder; anything else passes through unchanged).
+LLaMA config, training it on TextWorld coin_collector walkthroughs in the agent's plan layout
+(``actors.policy_data`` makes the samples, ``actors.policy_train`` trains; a few minutes on one CPU thread, with
+progress lines on stderr), building deterministically (same seed -> byte-identical ``model.safetensors``, its
+sha256 in ``build_info.json``), the cache folder ``<cache_dir>/models/epiq-tiny-<hash>`` (built once,
+atomically; the training games are cached under ``<cache_dir>/textworld``), and resolving ``llm.model``
+("epiq-tiny" -> that folder; anything else passes through unchanged).
 
-    python -m actors.model_builder --out /tmp/epiq-tiny [--seed 0]     # build into a new folder
+    python -m actors.model_builder --out /tmp/epiq-tiny [--seed 0] [--cache-dir .cache]   # build into a new folder
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "epiq-tiny"
-BUILDER_VERSION = "1"  # bump when the build procedure changes (spec and corpus changes already change the cache key)
+BUILDER_VERSION = "2"  # bump when the build procedure changes (spec, corpus, training and source changes already do)
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
 PAD, BOS, EOS, IM_START, IM_END = SPECIAL_TOKENS
@@ -35,6 +40,11 @@ MODEL_SPEC: dict[str, Any] = dict(
     max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5, initializer_range=0.02,
     tie_word_embeddings=True,
 )
+# What the policy is trained on and for how long (all of it is in the cache key). A first build on a shared
+# 2-core machine: 56 games in about 70 s (two processes), 300 steps in about 200 s (one thread): 4.5 minutes.
+TRAIN_SPEC: dict[str, Any] = dict(games=48, heldout_games=8, steps=300, batch_size=64, lr=2e-3, eval_every=50)
+BUILD_THREADS = 1  # torch threads inside the build: a fixed count keeps the float sums, hence the weights, identical
+_SOURCES = ("policy_data.py", "policy_train.py", "prompting.py")  # code whose change changes the weights
 
 # --------------------------------------------------------------------------- the built-in corpus
 
@@ -67,6 +77,11 @@ WORDS = ("you are in a an the of to on at from with into onto inside there here 
          "second third last try again better should would could must need needed because so but then "
          "after before until put placed found take took taken picked dropped moved turned toggled").split()
 DIGITS = list("0123456789")
+# Whole commands as single tokens (with their leading space, as the plan layout writes them), and each command
+# after the plan layout's ">>" marker as one more token: following a memory is then copying one marked token,
+# which a tiny model learns in a few hundred steps (split into words, it had not learned it after 500).
+COMMANDS = [f"go {d}" for d in DIRECTIONS] + ["take coin", "examine coin", "look", "inventory"]
+COMMAND_TOKENS = [f" {c}" for c in COMMANDS] + [f" >> {c}" for c in [*COMMANDS, "end"]]
 PUNCTUATION = list(".,;:!?'\"()[]{}<>-_/+=*#>|")
 
 
@@ -88,13 +103,19 @@ def corpus() -> list[str]:
               "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a drawer 2.",
               "Nothing happens.", "That's not a verb I recognise.", "You won!", "You lost!", "*** The End ***",
               "Memory (success): go east ; take coin ; end", "Reflection: I should have opened the door first."]
+    lines += ["memory: none", "memory: go south ; >> go east ; take coin ; end", "memory: failed go west ; >> look",
+              "room: -= Kitchen =- You've entered a kitchen. There is an unguarded exit to the north.",
+              "actions: examine coin | go east | go west | inventory | look | take coin", ">",
+              "You arrive in a normal kind of place. You find yourself in a bar. Well how about that, you are in "
+              "the place we're calling the attic. You need an unblocked exit? You should try going east. You don't "
+              "like doors? Why not try going west, that entranceway is unguarded. There is a coin on the floor."]
     return lines
 
 
 # --------------------------------------------------------------------------- building
 
 def _build_tokenizer(out: Path) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -103,6 +124,7 @@ def _build_tokenizer(out: Path) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=1, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False) for t in COMMAND_TOKENS])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
                                    additional_special_tokens=[EOS, IM_START], chat_template=CHAT_TEMPLATE,
                                    model_max_length=MODEL_SPEC["max_position_embeddings"])
@@ -110,19 +132,39 @@ def _build_tokenizer(out: Path) -> Any:
     return fast
 
 
-def _build_model(out: Path, tokenizer: Any, seed: int) -> None:
+def _build_model(out: Path, tokenizer: Any, seed: int, cache_dir: Path, train: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from actors.policy_data import SEED_BASE, game_records
+    from actors.policy_train import train_policy
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=ids[BOS], eos_token_id=ids[IM_END],
                          pad_token_id=ids[PAD], **MODEL_SPEC)
     config.dtype = "float32"
-    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32).eval()
+    started = time.monotonic()
+    workers = min(2, os.cpu_count() or 1)
+    games = game_records(cache_dir, train["games"] + train["heldout_games"], SEED_BASE, workers=workers)
+    records, heldout = games[:train["games"]], games[train["games"]:]
+    games_s = time.monotonic() - started
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):  # seed init and training without touching the caller's RNG
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config).to(torch.float32)
+            stats = train_policy(model, tokenizer, records, heldout, steps=train["steps"], seed=seed,
+                                 batch_size=train["batch_size"], lr=train["lr"], eval_every=train["eval_every"])
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[IM_END], ids[EOS]], pad_token_id=ids[PAD]).save_pretrained(out)
+    seeds = [r.seed for r in games]
+    return {"training": {**train, "train_seeds": [min(seeds), max(seeds)], "levels": sorted({r.level for r in games}),
+                         "games_seconds": round(games_s, 1), **stats}}
 
 
 def sha256_file(path: Path) -> str:
@@ -133,25 +175,41 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_model(out: Path, seed: int = 0) -> dict[str, Any]:
-    """Build epiq-tiny into ``out`` (created; must not hold files) and return its build info."""
+def build_model(out: Path, seed: int = 0, cache_dir: Path | None = None, **train: Any) -> dict[str, Any]:
+    """Build epiq-tiny into ``out`` (created; must not hold files) and return its build info.
+
+    ``cache_dir`` keeps the generated training games (a temporary folder when None); ``train`` overrides
+    ``TRAIN_SPEC`` entries (tests build a reduced model with e.g. ``games=4, heldout_games=1, steps=3``)."""
+    unknown = set(train) - set(TRAIN_SPEC)
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}; valid: {sorted(TRAIN_SPEC)}")
+    spec = {**TRAIN_SPEC, **train}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pick a new folder for the model")
+    started = time.monotonic()
     tokenizer = _build_tokenizer(out)
-    _build_model(out, tokenizer, seed)
+    with tempfile.TemporaryDirectory(prefix="epiq-games-") as tmp:
+        trained = _build_model(out, tokenizer, seed, Path(cache_dir) if cache_dir else Path(tmp), spec)
     info = {"name": DEFAULT_MODEL, "builder_version": BUILDER_VERSION, "seed": seed, "vocab_size": len(tokenizer),
             "weights_sha256": sha256_file(out / "model.safetensors"),
-            "tokenizer_sha256": sha256_file(out / "tokenizer.json"), **MODEL_SPEC}
+            "tokenizer_sha256": sha256_file(out / "tokenizer.json"), **MODEL_SPEC, **trained,
+            "build_seconds": round(time.monotonic() - started, 1)}
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"epiq-tiny build: done in {info['build_seconds']:.0f} s; held-out exact command "
+          f"{trained['training']['heldout']} (step {trained['training']['best_step']})", file=sys.stderr, flush=True)
     return info
 
 
 def cache_key(seed: int = 0) -> str:
-    """Short hash naming the cache folder: builder version, seed, model spec, corpus and special tokens."""
-    text = json.dumps({"version": BUILDER_VERSION, "seed": seed, "spec": MODEL_SPEC, "corpus": corpus(),
-                       "special": SPECIAL_TOKENS, "chat": CHAT_TEMPLATE}, sort_keys=True)
+    """Short hash naming the cache folder: builder version, seed, model and training spec, corpus, special tokens
+    and the source of the modules that make the training data and train."""
+    here = Path(__file__).resolve().parent
+    sources = {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _SOURCES}
+    text = json.dumps({"version": BUILDER_VERSION, "seed": seed, "spec": MODEL_SPEC, "train": TRAIN_SPEC,
+                       "corpus": corpus(), "special": SPECIAL_TOKENS, "commands": COMMAND_TOKENS,
+                       "chat": CHAT_TEMPLATE, "sources": sources}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -164,7 +222,9 @@ def ensure_default_model(cache_dir: Path, seed: int = 0) -> Path:
     models.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=models))
     try:
-        build_model(tmp, seed)
+        print(f"epiq-tiny: building (training) the default model into {final} - a few minutes, once",
+              file=sys.stderr, flush=True)
+        build_model(tmp, seed, cache_dir=Path(cache_dir))
         tmp.chmod(0o755)  # mkdtemp made it private
         try:
             os.rename(tmp, final)
@@ -184,9 +244,12 @@ def resolve_model(model: str, cache_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.model_builder", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="new (or empty) folder to build the model into")
-    parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and the sample order")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep the generated training games here")
+    for key, value in TRAIN_SPEC.items():  # reduced builds (tests): --steps 4 --games 3 ...
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"training: {key}")
     args = parser.parse_args(argv)
-    info = build_model(args.out, args.seed)
+    info = build_model(args.out, args.seed, args.cache_dir, **{k: getattr(args, k) for k in TRAIN_SPEC})
     print(json.dumps({"out": str(args.out), **info}, indent=2))
     return 0
 

@@ -33,14 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", default=",".join(map(str, HELDOUT_SEEDS)), help="held-out game seeds ('' = none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/learning.json"))
+    p.add_argument("--resume", metavar="RUN_NAME", default=None,
+                   help="continue an interrupted run folder under --out's folder (finished episodes are kept)")
     args = p.parse_args(argv)
 
     from cluster.config import ConfigError, load
     from cluster.train import run
 
-    name = f"learning-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.resume or f"learning-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]", f"env.heldout_seeds=[{args.heldout}]",
-                 f"run.output_dir={args.out.parent}", f"run.name={name}", *args.set]
+                 f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}", *args.set]
     if args.epochs:
         overrides.append(f"rollout.epochs={args.epochs}")
     try:

@@ -129,7 +129,7 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
                 sched.run_seed(seed, done=recorder.finished(seed), max_episodes=max_episodes)
                 if learner is not None:
                     learner_stats[seed] = _stop_learner(learner, loop)
-                    learner = None
+                    learner, sched.learner_version = None, None  # the held-out pass trains nothing: no admission
                 if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
                     sched.recorder, sched.learn = held_rec, False
                     sched.run_seed(seed, done=held_rec.finished(seed), epochs=1, tasks=heldout)

@@ -202,8 +202,10 @@ def ray_temp_dir(run_dir: Path) -> Path:
 
     short = Path(tempfile.mkdtemp(prefix="epiq-ray-"))
     link = run_dir / "ray"
-    if link.is_symlink() or link.exists():
+    if link.is_symlink():
         link.unlink()
+    elif link.exists():  # a resumed run: keep the earlier session's logs beside the new ones
+        link.rename(run_dir / f"ray.{time.strftime('%Y%m%d-%H%M%S')}")
     link.symlink_to(short, target_is_directory=True)
     return short
 

@@ -1,7 +1,8 @@
 """The quickstart's learning loop: the mode comparison writes its table and plot, and utilities learn from rewards.
 
-- A short ``run.modes: [none, rag, memrl]`` run through the real driver (2 epochs) prints the table and leaves
-  ``comparison.{md,png,json}`` and one run folder per mode.
+- A short ``run.modes: [none, rag, memrl, lora]`` run through the real driver (2 epochs, a held-out game) prints
+  the table and leaves ``comparison.{md,png,json}``, one run folder per mode, the held-out episodes (memory frozen)
+  and the learner's adapters: weight updates toggled by config alone.
 - In memrl mode on the shared engine, with each game's memory seeded with the right walkthrough and another game's
   (both under the game's own intent, so similarity cannot tell them apart), the memories that were injected into
   failed episodes end with lower Q than those injected into won episodes — the reward stream reached the right
@@ -29,19 +30,29 @@ GROUP = [1023, 1163, 1144, 1157]  # one distractor group of the quickstart task 
 def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: dict) -> None:
     args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
             *[a for o in (f"run.output_dir={tmp_path}", "run.name=q", "rollout.epochs=2", f"env.task_seeds={GROUP[:2]}",
-                          "env.max_steps=4") for a in ("--set", o)]]
+                          "env.heldout_seeds=[1029]", "env.max_steps=4", "run.modes=[none,rag,memrl,lora]",
+                          "learner.batch_size=2") for a in ("--set", o)]]
     proc = subprocess.run(args, cwd=ROOT, env=env_without_ray, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "q"
-    for mode in ("none", "rag", "memrl"):
+    for mode in ("none", "rag", "memrl", "lora"):
         rows = [json.loads(x) for x in (run / mode / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [0, 1]
         assert all(r["errors"] == 0 for r in rows)
-    assert "| none |" in proc.stdout and "| rag |" in proc.stdout and "| memrl |" in proc.stdout
+        held = [json.loads(x) for x in (run / mode / "heldout" / "episodes.jsonl").read_text().splitlines()]
+        assert [e["task_id"].rsplit("/", 1)[1] for e in held] == ["1029"]  # the transfer check ran, memory frozen
+        assert held[0]["written_memory_id"] is None
+        assert f"| {mode} |" in proc.stdout
+    # the learner trained on the lora run's 4 trajectories and its adapters served later episodes
+    learner = json.loads((run / "summary.json").read_text())["modes"]["lora"]["learner"]["0"]
+    assert learner["totals"]["trained"] == 4 and learner["version"] >= 1
+    lora_eps = [json.loads(x) for x in (run / "lora" / "episodes.jsonl").read_text().splitlines()]
+    assert (run / "lora" / "learner" / "s0" / "adapters" / "v1").is_dir()
+    assert all(e["adapter_versions"] == [0] for e in lora_eps if e["epoch"] == 0)
     assert f"plot: {run / 'comparison.png'}" in proc.stdout
     assert (run / "comparison.png").stat().st_size > 1000 and (run / "comparison.md").is_file()
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["last"]) == {"none", "rag", "memrl"}
+    assert set(summary["last"]) == {"none", "rag", "memrl", "lora"}
     none_rows = [json.loads(x) for x in (run / "none" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["retrieval_hit_rate"] == 0 for r in none_rows)  # none really runs without memory
 

@@ -1,0 +1,26 @@
+"""Ray's temp dir for a run folder whose path is too long for Unix sockets, including a resumed run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cluster.services import _RAY_TEMP_MAX, ray_temp_dir
+
+
+def test_long_run_folder_links_a_short_temp_dir_and_a_resume_keeps_old_logs(tmp_path: Path) -> None:
+    run_dir = tmp_path / ("r" * (_RAY_TEMP_MAX + 10))
+    run_dir.mkdir()
+    first = ray_temp_dir(run_dir)
+    assert (run_dir / "ray").is_symlink() and (run_dir / "ray").resolve() == first.resolve()
+    # the driver moves the temp dir into the run folder when Ray is down (a real directory from then on)
+    (first / "old.log").write_text("session 1")
+    (run_dir / "ray").unlink()
+    shutil.move(str(first), str(run_dir / "ray"))
+    second = ray_temp_dir(run_dir)  # resumed run
+    try:
+        assert (run_dir / "ray").is_symlink() and (run_dir / "ray").resolve() == second.resolve()
+        kept = [p for p in run_dir.iterdir() if p.name.startswith("ray.")]
+        assert len(kept) == 1 and (kept[0] / "old.log").read_text() == "session 1"
+    finally:
+        shutil.rmtree(second, ignore_errors=True)

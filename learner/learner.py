@@ -36,6 +36,7 @@ from learner.buffer import TrainTrajectory, TrajectoryBuffer
 from learner.losses import decoupled_ppo_loss, group_advantages, staleness_filter, staleness_histogram
 
 log = logging.getLogger(__name__)
+HOLD_LIMIT = 4  # batches' worth of trajectories held while waiting for task groups to form
 
 
 class Learner:
@@ -140,19 +141,19 @@ class Learner:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
-        # 1. gather a batch (own pending entries first after a restart, then new ones)
-        need = cfg.batch_size - len(self._held)
-        if need > 0:
+        # 1. gather (own pending entries first after a restart, then new ones) and hold them until a batch of
+        #    task groups forms: a group-normalised advantage needs at least two episodes of the same task
+        if len(self._held) < HOLD_LIMIT * cfg.batch_size:
             skip = {t.episode_id for _, t in self._held} | {e for s in self._uncheckpointed for e in s["episodes"]}
-            for entry_id, traj in self.buffer.read(need, block_ms=block_ms, skip=skip):
+            for entry_id, traj in self.buffer.read(cfg.batch_size, block_ms=block_ms, skip=skip):
                 if traj is None:
                     self._skip_entries.append(entry_id)
                 else:
                     skip.add(traj.episode_id)
                     self._held.append((entry_id, traj))
-        if len(self._held) < cfg.batch_size and not (partial and self._held):
+        batch = self._take_batch(partial)
+        if batch is None:
             return None
-        batch, self._held = self._held[:cfg.batch_size], self._held[cfg.batch_size:]
         timings["read"] = time.perf_counter() - t0
 
         # 2. staleness gate: drop what is more than eta versions behind the current adapter
@@ -244,6 +245,30 @@ class Learner:
         with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         return metrics
+
+    def _take_batch(self, partial: bool) -> list[tuple[str, TrainTrajectory]] | None:
+        """Up to ``batch_size`` held trajectories made of whole task groups (>= 2 episodes of a task, oldest
+        first); None while too few are grouped. ``partial`` (draining) takes what is held. More than
+        ``HOLD_LIMIT`` batches held (tasks that rarely repeat) -> the oldest batch goes as it is (singletons
+        get advantage 0)."""
+        size = self.cfg.batch_size
+        counts = Counter(t.task_id for _, t in self._held)
+        chosen: list[int] = []
+        for task in dict.fromkeys(t.task_id for _, t in self._held):  # oldest group first
+            members = [i for i, (_, t) in enumerate(self._held) if t.task_id == task]
+            if counts[task] >= 2 and len(chosen) + len(members) <= size:
+                chosen += members
+        if len(chosen) < size:
+            if partial and self._held:
+                chosen = list(range(min(size, len(self._held)))) if not chosen else chosen
+            elif len(self._held) >= HOLD_LIMIT * size:
+                chosen = list(range(size))
+            else:
+                return None
+        picked = set(chosen)
+        batch = [self._held[i] for i in sorted(picked)]
+        self._held = [h for i, h in enumerate(self._held) if i not in picked]
+        return batch
 
     def _logprobs(self, seqs: list[tuple[int, Any]]) -> tuple[Any, Any, Any]:
         """Per output token of each turn (right-padded): log pi_theta, behaviour logprob, mask."""

@@ -26,7 +26,9 @@ def model_path(tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pool(llm_pool: LLMPool) -> LLMPool:
-    return llm_pool  # session-wide engine (conftest): tests below publish adapters on it
+    """The session-wide engine (conftest), serving the base model: other modules may have left an adapter on it."""
+    asyncio.run(llm_pool.publish_adapter(0, ""))
+    return llm_pool
 
 
 @pytest.fixture(scope="module")

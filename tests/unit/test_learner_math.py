@@ -153,3 +153,23 @@ def test_rollout_capacity_is_areals_admission_rule() -> None:
     assert rollout_capacity(0, max_staleness=2, batch_size=8) == 24  # before any update: eta + 1 batches
     assert rollout_capacity(3, max_staleness=2, batch_size=8) == 48
     assert rollout_capacity(103, max_staleness=0, batch_size=4, initial_version=100) == 16
+
+
+def test_batches_are_made_of_task_groups_and_singletons_wait() -> None:
+    """Group-normalised advantages need >= 2 episodes of a task: the learner holds singletons until their
+    task repeats (the next epoch), drains them when asked, and never holds more than HOLD_LIMIT batches."""
+    from types import SimpleNamespace
+
+    from learner.learner import HOLD_LIMIT, Learner
+
+    def held(*tasks: str) -> list:
+        return [(f"e{i}", SimpleNamespace(task_id=t, episode_id=f"ep{i}")) for i, t in enumerate(tasks)]
+
+    me = SimpleNamespace(cfg=SimpleNamespace(batch_size=4), _held=held("a", "b", "c", "a", "d", "b"))
+    batch = Learner._take_batch(me, partial=False)
+    assert [t.task_id for _, t in batch] == ["a", "b", "a", "b"]  # whole groups, oldest first
+    assert [t.task_id for _, t in me._held] == ["c", "d"]
+    assert Learner._take_batch(me, partial=False) is None  # singletons wait for their task's next episode
+    assert [t.task_id for _, t in Learner._take_batch(me, partial=True)] == ["c", "d"]  # drain
+    me._held = held(*[f"t{i}" for i in range(HOLD_LIMIT * 4)])  # tasks that never repeat
+    assert len(Learner._take_batch(me, partial=False)) == 4  # the oldest batch goes as it is

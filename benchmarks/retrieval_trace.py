@@ -1,0 +1,71 @@
+"""Retrieval traces of a mode comparison: what each memory mode injected, and whether it found the right experience.
+
+Reads a run folder made with ``run.modes`` (its ``<mode>/episodes.jsonl``; every memory is written by an episode,
+so a memory id maps back to its task and outcome) and prints, per memory mode (epochs after the first):
+- what the shown experience was: the task's own success / failure, another task's success / failure, or
+  nothing — with the success rate of the episodes that got it;
+- once a task has a success memory from an earlier epoch, how often that success was the one retrieved, by the
+  number of the task's own failures competing with it (they share its intent exactly, so similarity ties).
+
+    python -m benchmarks.retrieval_trace runs/bench/learning-20261123-113822 [--modes rag,memrl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+
+def trace(episodes: list[dict]) -> dict:
+    mem = {e["written_memory_id"]: e for e in episodes if e.get("written_memory_id")}
+    kinds, kind_wins = Counter(), Counter()
+    had, picked, won = Counter(), Counter(), Counter()
+    by_task: dict[tuple[int, str], list[dict]] = {}
+    for e in episodes:
+        by_task.setdefault((e["seed"], e["task_id"]), []).append(e)
+    for e in episodes:
+        if e["epoch"] == 0:
+            continue
+        shown = mem.get(e["retrieved_ids"][0]) if e["retrieved_ids"] else None
+        if shown is None:
+            kind = "nothing" if not e["retrieved_ids"] else "unknown"
+        else:
+            kind = ("own " if shown["task_id"] == e["task_id"] else "other ") + ("success" if shown["won"] else "failure")
+        kinds[kind] += 1
+        kind_wins[kind] += e["won"]
+        prior = [p for p in by_task[(e["seed"], e["task_id"])] if p["epoch"] < e["epoch"]]
+        if any(p["won"] for p in prior):
+            n_fail = sum(not p["won"] for p in prior)
+            had[n_fail] += 1
+            picked[n_fail] += bool(shown and shown["won"] and shown["task_id"] == e["task_id"])
+            won[n_fail] += e["won"]
+    return {"shown": {k: {"episodes": v, "success": kind_wins[k] / v} for k, v in sorted(kinds.items())},
+            "own_success_available": {n: {"episodes": had[n], "picked_own_success": picked[n], "won": won[n]}
+                                      for n in sorted(had)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.retrieval_trace", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--modes", default="rag,memrl,memory+lora")
+    args = p.parse_args(argv)
+    out = {}
+    for mode in args.modes.split(","):
+        path = args.run_dir / mode / "episodes.jsonl"
+        if not path.is_file():
+            continue
+        out[mode] = t = trace([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+        print(f"\n{mode}: experience shown (epochs 2+) -> episodes, success")
+        for k, v in t["shown"].items():
+            print(f"  {k:16s} {v['episodes']:4d}  {v['success']:.0%}")
+        print(f"{mode}: tasks that already had a success memory -> own success retrieved / episodes (won)")
+        for n, v in t["own_success_available"].items():
+            print(f"  {n} own failures competing: {v['picked_own_success']}/{v['episodes']} ({v['won']} won)")
+    (args.run_dir / "retrieval_trace.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -252,7 +252,7 @@ class LearnerConfig:
             _check(self.behav_weight_cap > 0, "behav_weight_cap", f"must be > 0, got {self.behav_weight_cap}")
 
 
-MODES = ("none", "rag", "memrl", "lora", "memory+lora")
+MODES = ("none", "rag", "memrl", "memory", "lora", "memory+lora")  # "memory" = memrl (the issue-6 name)
 
 
 @dataclass
@@ -264,7 +264,7 @@ class RunConfig:
     resume: bool = doc(False, "Continue the run in an existing run folder instead of refusing to overwrite it.")
     cache_dir: str = doc(".cache", "Cache for built models, generated games and library caches (HF, vLLM, matplotlib).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc("INFO", "Logging level of the driver.")
-    modes: list[str] = doc([], "Compare modes on the same tasks, seeds and scheduler, one sub-folder each, then a table and plot: none, rag (λ=0), memrl (memory.lam), lora, memory+lora. Empty = one run as configured.")
+    modes: list[str] = doc([], "Compare modes on the same tasks, seeds and scheduler, one sub-folder each, then a table and plot: none, rag (λ=0), memrl or memory (memory.lam), lora, memory+lora. Empty = one run as configured.")
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]

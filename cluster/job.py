@@ -51,7 +51,7 @@ LORA_MODES = ("lora", "memory+lora")
 
 def mode_config(cfg: Config, mode: str) -> Config:
     """The config of one compared mode: which halves learn, and λ (rag = similarity only)."""
-    memory_on = mode in ("rag", "memrl", "memory+lora")
+    memory_on = mode in ("rag", "memrl", "memory", "memory+lora")
     namespace = f"{cfg.memory.namespace}-{mode.replace('+', '_')}"  # namespaces take letters, digits, _ . -
     memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=namespace,
                                  lam=0.0 if mode == "rag" else cfg.memory.lam)

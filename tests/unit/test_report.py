@@ -35,7 +35,8 @@ def test_modes_switch_memory_learner_and_lambda() -> None:
     assert lora.llm.enable_lora and both.llm.enable_lora and not memrl.llm.enable_lora
     from memory_server.keys import check_namespace
 
-    for mode in ("none", "rag", "memrl", "lora", "memory+lora"):  # every mode's namespace is a valid Redis namespace
+    assert mode_config(cfg, "memory").memory.enabled and mode_config(cfg, "memory").memory.lam == 0.5
+    for mode in ("none", "rag", "memrl", "memory", "lora", "memory+lora"):  # every mode's namespace is a valid Redis namespace
         check_namespace(seed_config(mode_config(cfg, mode), 0).memory.namespace)
 
 

@@ -105,7 +105,9 @@ class Scheduler:
         version = self.learner_version()
         if self._v0 is None:  # count from the version this scheduler started at (a run has one per seed)
             self._v0 = version
-        cap = (version - self._v0 + self.cfg.learner.max_staleness + 1) * self.cfg.learner.batch_size
+        from learner.losses import rollout_capacity
+
+        cap = rollout_capacity(version, self.cfg.learner.max_staleness, self.cfg.learner.batch_size, self._v0)
         room = cap - self.dispatched
         if room <= 0:
             self.held_back += 1

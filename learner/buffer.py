@@ -29,11 +29,10 @@ import numpy as np
 import redis
 
 from memory_server import keys
-from memory_server.records import WireError, _get, decode_array, encode_array
+from memory_server.records import WireError, _get, _pack, _unpack, decode_array, encode_array
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 CONSUMER = "learner"  # stable: a restarted learner re-reads its own pending entries first
 
 
@@ -93,9 +92,8 @@ def encode_trajectory(t: TrainTrajectory) -> bytes:
               "output": encode_array(np.asarray(x.output_ids, dtype="<i4")),
               "logprobs": encode_array(np.asarray(x.logprobs, dtype="<f8")),
               "version": int(x.adapter_version)} for x in t.turns]
-    return msgpack.packb({"v": FORMAT_VERSION, "type": "trajectory", "episode_id": t.episode_id, "task_id": t.task_id,
-                          "epoch": int(t.epoch), "seed": int(t.seed), "reward": float(t.reward), "turns": turns},
-                         use_bin_type=True)
+    return _pack("trajectory", {"episode_id": t.episode_id, "task_id": t.task_id, "epoch": int(t.epoch),
+                                "seed": int(t.seed), "reward": float(t.reward), "turns": turns})
 
 
 def _ids(obj: dict, name: str, what: str) -> list[int]:
@@ -108,18 +106,7 @@ def _ids(obj: dict, name: str, what: str) -> list[int]:
 def decode_trajectory(data: bytes) -> TrainTrajectory:
     """The trajectory in ``data``, or WireError naming what is wrong (never unpickles)."""
     what = "trajectory"
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError(f"{what}: expected bytes, got {type(data).__name__}")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise WireError(f"{what}: not a valid msgpack message ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise WireError(f"{what}: expected a msgpack map, got {type(obj).__name__}")
-    if obj.get("v") != FORMAT_VERSION:
-        raise WireError(f"{what}: format version {obj.get('v')!r}, this code reads version {FORMAT_VERSION}")
-    if obj.get("type") != what:
-        raise WireError(f"expected a {what!r} message, got type {obj.get('type')!r}")
+    obj = _unpack(data, what)  # the envelope (bytes, msgpack map, format version, type) as for memory records
     turns = []
     for i, tobj in enumerate(_get(obj, "turns", list, what)):
         if not isinstance(tobj, dict):

@@ -4,8 +4,10 @@ Owns: finding the game files (``env.data_dir``, else ``$ALFWORLD_DATA``, else th
 ``alfworld_data_json_2.1.1.tgz`` unpacked once into ``<cache_dir>/alfworld/``), the task list of a split
 (valid_seen / valid_unseen / valid_train; solvable games only, as ``AlfredTWEnv`` collects them) and
 ``AlfWorldEnv``, which drives one game file at a time with the wrappers ``AlfredTWEnv`` uses
-(``AlfredDemangler`` for readable names, ``AlfredInfos``). One PDDL backend is reused across resets: each
-backend loads its own copy of the planner library and never unloads it.
+(``AlfredDemangler`` for readable names, ``AlfredInfos``). Each PDDL backend loads its own copy of
+fast-downward's planner library; unloading a copy while another is loaded makes the process crash at exit
+(the copies share C++ unique symbols), so a closed env parks its backend in a process-wide idle list for the
+next env to reuse, and no copy is ever unloaded: a process holds as many copies as it ran games at once.
 
 The goal and the intent are the task sentence ("Your task is to: put a clean mug in coffeemachine.");
 ``info["walkthrough"]`` is the game file's winning command list.
@@ -20,6 +22,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from actors.envs.base import Observation, StepResult, TaskSpec, TextEnv
 from cluster.config import EnvConfig
 
 SPLITS = ("valid_seen", "valid_unseen", "valid_train")
+_IDLE_GAMES: list[Any] = []  # wrapped PDDL backends of closed envs, loaded and ready for the next game
+_IDLE_LOCK = threading.Lock()
 ARCHIVE = "alfworld/alfworld_data_json_2.1.1.tgz"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +113,9 @@ class AlfWorldEnv(TextEnv):
 
     def _load(self, path: Path) -> Any:
         if self._game is None:
+            with _IDLE_LOCK:
+                self._game = _IDLE_GAMES.pop() if _IDLE_GAMES else None
+        if self._game is None:
             import textworld
             from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
@@ -134,11 +142,8 @@ class AlfWorldEnv(TextEnv):
                           won=won, admissible_actions=list(state["admissible_commands"] or []), info={"lost": False})
 
     def close(self) -> None:
+        """Hand the backend to the idle list (see the module docstring: its library is never unloaded)."""
         if self._game is not None:
-            import fast_downward
-
-            lib = getattr(self._game.unwrapped, "downward_lib", None)
-            self._game.close()
-            if lib is not None:
-                fast_downward.close_lib(lib)
+            with _IDLE_LOCK:
+                _IDLE_GAMES.append(self._game)
             self._game = None

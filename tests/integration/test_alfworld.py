@@ -77,3 +77,36 @@ def test_step_limit_and_async_episode() -> None:
         return done
 
     assert asyncio.run(episode()) == [False, True]
+
+
+def test_closed_backends_are_reused_and_the_process_exits_cleanly() -> None:
+    """Envs that overlap and close in any order (as concurrent episodes do) reuse the loaded PDDL backends, every
+    reused one plays its new game to a win, and the process exits 0 (unloading one of several loaded planner
+    libraries used to make the interpreter segfault at exit)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from actors.envs import make_env, task_set
+from actors.envs import alfworld_env
+from cluster.config import EnvConfig
+cfg = EnvConfig(name="alfworld", split="valid_seen", num_tasks=5, max_steps=60)
+tasks = task_set(cfg, {str(CACHE)!r})
+first, second = make_env(cfg, {str(CACHE)!r}), make_env(cfg, {str(CACHE)!r})
+first.reset(tasks[0]); second.reset(tasks[1])
+second.close()  # closed while the first is still open
+backend = alfworld_env._IDLE_GAMES[-1]
+third = make_env(cfg, {str(CACHE)!r})
+obs = third.reset(tasks[2])
+assert third._game is backend and not alfworld_env._IDLE_GAMES
+results = [third.step(a) for a in obs.info["walkthrough"]]
+assert results[-1].won, results[-1]
+first.close(); third.close()
+assert len(alfworld_env._IDLE_GAMES) == 2
+print("clean")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("clean")

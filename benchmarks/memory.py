@@ -16,7 +16,11 @@ Memories are synthetic unit vectors of dimension 384 (embedding 1M texts would t
 texts, see ``benchmarks/index_choice.py``); ``--data uniform`` gives isotropic vectors, the worst case for
 an approximate index. Queries come from the same distribution and are never copies of stored vectors.
 
-    python -m benchmarks.memory [--sizes 10000,100000,1000000] [--shards 1,4] [--data embedlike] [--out FILE]
+    python -m benchmarks.memory [--sizes 10000,100000,1000000] [--shards 1,4] [--ef 64,128,256,512]
+                                [--data embedlike] [--out FILE]
+
+The approximate index is built once per (size, shards) and queried at every ``--ef`` (HNSW query beam),
+so one run shows the recall/latency trade-off that ``memory.hnsw_ef_search`` selects.
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ def populate(store, vecs: np.ndarray, qs: np.ndarray, ns: str) -> float:
 
 
 def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: np.ndarray, shards: int, kinds: list[str],
-                    k1: int, k2: int, n_queries: int) -> list[dict]:
+                    k1: int, k2: int, n_queries: int, efs: list[int]) -> list[dict]:
+    """One row per index kind; the approximate index gets one row per query beam in ``efs`` (same graph)."""
     import ray
     import redis
 
@@ -117,6 +122,7 @@ def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: n
     client = redis.Redis.from_url(redis_url)
     store = MemoryStore(client, ns, shards)
     load_s = populate(store, vecs, qs, ns)
+    truth = [set(_topk_ids(vecs, q, k1)) for q in queries[:n_queries]]
     rows = []
     for kind in kinds:
         cfg = MemoryConfig(namespace=ns, shards=shards, k1=k1, k2=k2, delta=-1.0, index=kind, shard_timeout_s=60.0)
@@ -124,18 +130,22 @@ def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: n
         handles = start_shards(cfg, redis_url, num_cpus=0)
         start_s = time.perf_counter() - t0
         mem = MemoryClient(handles, redis_url, cfg, seed=0)
-        for q in queries[:5]:
-            mem.retrieve_blocking(q)  # warm-up
-        lat, recalls = [], []
-        for q in queries[:n_queries]:
-            t0 = time.perf_counter()
-            r = mem.retrieve_blocking(q)
-            lat.append(time.perf_counter() - t0)
-            assert not r.missing_shards
-            recalls.append(len(set(r.pool) & set(_topk_ids(vecs, q, k1))) / k1)  # Phase A pool vs brute force
-        recall = float(np.mean(recalls))
-        rows.append({"n": n, "shards": shards, "index": kind, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-                     "recall_at_k1": recall, "load_redis_s": load_s, "shard_start_s": start_s})
+        for ef in (efs if kind == "approx" else [None]):
+            for q in queries[:5]:
+                mem.retrieve_blocking(q, ef=ef)  # warm-up
+            lat, recalls = [], []
+            for q, want in zip(queries[:n_queries], truth):
+                t0 = time.perf_counter()
+                r = mem.retrieve_blocking(q, ef=ef)
+                lat.append(time.perf_counter() - t0)
+                assert not r.missing_shards
+                recalls.append(len(set(r.pool) & want) / k1)  # Phase A pool vs brute force
+            rows.append({"n": n, "shards": shards, "index": kind, "ef": ef, "p50_ms": pct(lat, 50) * 1e3,
+                         "p99_ms": pct(lat, 99) * 1e3, "recall_at_k1": float(np.mean(recalls)),
+                         "load_redis_s": load_s, "shard_start_s": start_s})
+            print(f"  {kind}{'' if ef is None else f' ef={ef}'}: p50 {rows[-1]['p50_ms']:.2f} ms, "
+                  f"p99 {rows[-1]['p99_ms']:.2f} ms, recall {rows[-1]['recall_at_k1']:.3f} (start {start_s:.1f} s)",
+                  flush=True)
         for h in handles:
             ray.kill(h, no_restart=True)
     return rows
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--shards", default="1,4")
     parser.add_argument("--index", default="exact,approx")
+    parser.add_argument("--ef", default="64,128,256,512", help="query beams measured on the approximate index")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--reference-queries", type=int, default=5)
     parser.add_argument("--events", type=int, default=200_000)
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     shard_counts = [int(x) for x in args.shards.split(",")]
     kinds = args.index.split(",")
+    efs = [int(x) for x in args.ef.split(",")]
 
     from cluster.services import RedisServer, redirect_caches, start_local_ray
 
@@ -252,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("measuring memory bandwidth ...", flush=True)
         result["memory_bandwidth_gbps"] = memory_bandwidth_gbps()
+        # update throughput first, on an empty server: after the 1M-memory retrieval rows the server is still
+        # freeing gigabytes in the background (lazy flush), which cut the measured rate by 5x
+        print("update throughput ...", flush=True)
+        result["redis_ceiling"] = bench_redis_ceiling(server.url, 10_000, args.events)
+        result["updates"] = [bench_updates(server.url, s, 10_000, args.events) for s in shard_counts]
+        __import__("redis").Redis.from_url(server.url).flushall()
         rng = np.random.default_rng(1)
         from benchmarks.index_choice import VectorSource
 
@@ -267,13 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             for shards in shard_counts:
                 print(f"retrieval: n={n} shards={shards} ...", flush=True)
                 result["retrieval"] += bench_retrieval(server.url, vecs, qs, queries, shards, kinds, args.k1, args.k2,
-                                                       args.queries)
+                                                       args.queries, efs)
                 server_client = __import__("redis").Redis.from_url(server.url)
                 server_client.flushall()
             del vecs
-        print("update throughput ...", flush=True)
-        result["redis_ceiling"] = bench_redis_ceiling(server.url, 10_000, args.events)
-        result["updates"] = [bench_updates(server.url, s, 10_000, args.events) for s in shard_counts]
     finally:
         ray.shutdown()
         server.stop()
@@ -290,9 +305,11 @@ def render(r: dict) -> str:
              f"memory bandwidth (copy): {r['memory_bandwidth_gbps']:.1f} GB/s", "",
              "| memories | shards | index | p50 ms | p99 ms | recall@k1 | reference loop p50 ms | speed-up (p50) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    # a row's index: "exact", or "approx ef=N" (the HNSW query beam; older files have no ef)
     ref = {x["n"]: x["p50_ms"] for x in r["reference"]}
     for x in r["retrieval"]:
-        lines.append(f"| {x['n']:,} | {x['shards']} | {x['index']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
+        index = x["index"] if x.get("ef") is None else f"{x['index']} ef={x['ef']}"
+        lines.append(f"| {x['n']:,} | {x['shards']} | {index} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
                      f"{x['recall_at_k1']:.3f} | {ref[x['n']]:.0f} | {ref[x['n']] / x['p50_ms']:.0f}x |")
     lines += ["", "| memories | exact scan GB/s | share of copy bandwidth |", "|---:|---:|---:|"]
     for x in r["scan"]:

@@ -82,11 +82,13 @@ class MemoryClient:
         return check_embedding(query)
 
     async def retrieve(self, query: str | np.ndarray, *, k1: int | None = None, k2: int | None = None,
-                       delta: float | None = None, lam: float | None = None, episode_id: str | None = None) -> Retrieval:
+                       delta: float | None = None, lam: float | None = None, episode_id: str | None = None,
+                       ef: int | None = None) -> Retrieval:
         """Two-phase value-aware retrieval; a shard that misses ``shard_timeout_s`` is listed in ``missing_shards``.
 
         With ``episode_id`` the result is pinned to the episode: a retry of the same episode (its actor died)
         gets the same memories back, so the episode's reward reaches exactly the memories it injected.
+        ``ef`` overrides ``memory.hnsw_ef_search`` for this call (approximate index only).
         """
         if episode_id is not None and (pinned := await asyncio.to_thread(self._pinned, episode_id)) is not None:
             return pinned
@@ -95,7 +97,7 @@ class MemoryClient:
         delta = c.delta if delta is None else delta
         lam = c.lam if lam is None else lam
         vec = await asyncio.to_thread(self.embed, query)
-        tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta))) for s in self.shards]
+        tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta, ef))) for s in self.shards]
         done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s)
         answers, missing = [], []
         for i, t in enumerate(tasks):
@@ -141,7 +143,7 @@ class MemoryClient:
         delta = c.delta if kw.get("delta") is None else kw["delta"]
         lam = c.lam if kw.get("lam") is None else kw["lam"]
         vec = self.embed(query)
-        refs = [s.search.remote(vec, k1, delta) for s in self.shards]
+        refs = [s.search.remote(vec, k1, delta, kw.get("ef")) for s in self.shards]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=c.shard_timeout_s)
         answers, missing = [], []
         for i, ref in enumerate(refs):
@@ -240,6 +242,12 @@ def memory_id_for(episode_id: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"epiq-episode:{episode_id}").hex
 
 
+def index_params(cfg: MemoryConfig) -> dict[str, int]:
+    """The approximate index's constructor arguments from the ``memory`` config section."""
+    return {"M": cfg.hnsw_m, "ef_construction": cfg.hnsw_ef_construction, "ef_search": cfg.hnsw_ef_search,
+            "threads": cfg.index_threads}
+
+
 async def _as_future(ref: Any) -> Any:
     return await ref
 
@@ -254,7 +262,8 @@ def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = 0.5, re
     handles = [
         actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus, resources=dict(cfg.resources if resources is None else resources),
                       max_restarts=-1, max_task_retries=0, max_concurrency=8)
-        .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index, claim_idle_s=cfg.claim_idle_s)
+        .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index,
+                index_params=index_params(cfg), claim_idle_s=cfg.claim_idle_s)
         for i in range(cfg.shards)
     ]
     ray.get([h.size.remote() for h in handles])  # wait until every shard has loaded its memories

@@ -16,6 +16,7 @@ wrong-dimension or non-unit vectors raise ValueError. The dimension always comes
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -76,8 +77,11 @@ class VectorIndex(ABC):
         """Drop ``ids``; ids not present are ignored. Returns how many were removed."""
 
     @abstractmethod
-    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-        """The min(k, len) most similar ids and their cosine similarities (float32), most similar first."""
+    def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[list[str], np.ndarray]:
+        """The min(k, len) most similar ids and their cosine similarities (float32), most similar first.
+
+        ``ef``: the approximate index's query beam for this call (None = its default); the exact index ignores it.
+        """
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -144,7 +148,7 @@ class ExactIndex(VectorIndex):
             removed += 1
         return removed
 
-    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+    def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[list[str], np.ndarray]:
         q = _check_query(query, self.dim)
         n, k = len(self), min(int(k), len(self))
         if k <= 0:
@@ -159,16 +163,18 @@ class ApproxIndex(VectorIndex):
     """HNSW (hnswlib, inner-product space) with string ids mapped to integer labels.
 
     ``M`` and ``ef_construction`` shape the graph; ``ef_search`` is the query beam (raised to k when k is
-    larger). Removed ids are marked deleted and their slots are reused by later adds, so an evicting shard does
-    not grow; the graph grows by doubling when full. ``threads`` is used for batch adds; queries use one.
+    larger; a call may pass its own). Removed ids are marked deleted and their slots are reused by later adds, so
+    an evicting shard does not grow; the graph grows by doubling when full. ``threads`` is used for batch adds
+    (0 = every core this process may use); queries use one.
     """
 
-    def __init__(self, dim: int, M: int = 16, ef_construction: int = 100, ef_search: int = 128,
+    def __init__(self, dim: int, M: int = 16, ef_construction: int = 100, ef_search: int = 256,
                  initial_capacity: int = 1024, threads: int = 1) -> None:
         import hnswlib
 
         super().__init__(dim)
-        self.ef_search, self.threads = int(ef_search), int(threads)
+        self.ef_search = int(ef_search)
+        self.threads = int(threads) or len(os.sched_getaffinity(0))
         self._index = hnswlib.Index(space="ip", dim=self.dim)
         self._index.init_index(max_elements=max(1, int(initial_capacity)), M=int(M),
                                ef_construction=int(ef_construction), allow_replace_deleted=True)
@@ -215,12 +221,12 @@ class ApproxIndex(VectorIndex):
         self._deleted += removed
         return removed
 
-    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+    def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[list[str], np.ndarray]:
         q = _check_query(query, self.dim)
         k = min(int(k), len(self))
         if k <= 0:
             return [], np.empty(0, dtype=np.float32)
-        ef = max(self.ef_search, k)
+        ef = max(self.ef_search if ef is None else int(ef), k)
         self._index.set_ef(ef)
         try:
             labels, dists = self._index.knn_query(q, k=k, num_threads=1)

@@ -38,11 +38,13 @@ class MemoryShard:
     """The memories with ``shard_of(id) == shard``: index, records and Q in memory; Redis is the truth."""
 
     def __init__(self, redis_url: str, namespace: str, shard: int, shards: int, *, alpha: float,
-                 index: str = "exact", claim_idle_s: float = 30.0, batch: int = 1000, consume: bool = True) -> None:
+                 index: str = "exact", index_params: dict | None = None, claim_idle_s: float = 30.0, batch: int = 1000,
+                 consume: bool = True) -> None:
         self.client = redis.Redis.from_url(redis_url)
         self.store = MemoryStore(self.client, namespace, shards)
         self.namespace, self.shard, self.shards = namespace, shard, shards
         self.alpha, self.index_kind, self.batch = alpha, index, batch
+        self.index_params = dict(index_params or {}) if index == "approx" else {}  # make_index keyword arguments
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.stream = keys.reward_stream(namespace, shard)
         self.dead_letter = keys.dead_letter_stream(namespace)
@@ -64,7 +66,7 @@ class MemoryShard:
         t0 = time.perf_counter()
         records = {r.id: r for r in self.store.iter_shard(self.shard)}
         dim = self.store.dim()
-        index = make_index(self.index_kind, dim) if dim else None  # type: ignore[arg-type]
+        index = make_index(self.index_kind, dim, **self.index_params) if dim else None  # type: ignore[arg-type]
         if index is not None and records:
             index.add(list(records), np.stack([r.embedding for r in records.values()]))
         with self._lock:
@@ -75,16 +77,17 @@ class MemoryShard:
 
     def _get_index(self, dim: int) -> VectorIndex:
         if self.index is None:
-            self.index = make_index(self.index_kind, dim)  # type: ignore[arg-type]
+            self.index = make_index(self.index_kind, dim, **self.index_params)  # type: ignore[arg-type]
         return self.index
 
-    def search(self, query: np.ndarray, k1: int, delta: float) -> list[tuple[float, MemoryRecord]]:
-        """Phase A on this shard: up to ``k1`` memories with cosine > δ, best first, with their current Q."""
+    def search(self, query: np.ndarray, k1: int, delta: float, ef: int | None = None) -> list[tuple[float, MemoryRecord]]:
+        """Phase A on this shard: up to ``k1`` memories with cosine > δ, best first, with their current Q.
+        ``ef``: the approximate index's query beam for this call (None = ``memory.hnsw_ef_search``)."""
         with self._lock:
             if self.index is None or len(self.index) == 0:
                 return []
             query = check_embedding(query, self.index.dim)
-            ids, sims = self.index.search(query, k1)
+            ids, sims = self.index.search(query, k1, ef)
             return [(float(s), self.records[i]) for i, s in zip(ids, sims) if s > delta]
 
     def add(self, records: Sequence[MemoryRecord]) -> list[str]:

@@ -120,6 +120,24 @@ def test_approx_recall_at_10_against_exact() -> None:
     assert np.all(np.diff(got_sims) <= 1e-6)
 
 
+def test_approx_query_beam_per_call() -> None:
+    """A wider beam on the same graph finds more true neighbours; a per-call beam leaves the default alone."""
+    vecs, ids, queries = unit(5000, 16, seed=3), ids_of(5000), unit(100, 16, seed=4)
+    exact, approx = ExactIndex(16), ApproxIndex(16, M=4, ef_construction=10, ef_search=10, threads=1)
+    exact.add(ids, vecs)
+    approx.add(ids, vecs)
+    truth = [set(exact.search(q, 10)[0]) for q in queries]
+
+    def recall(ef: int | None) -> float:
+        return float(np.mean([len(set(approx.search(q, 10, ef)[0]) & t) / 10 for q, t in zip(queries, truth)]))
+
+    narrow, wide = recall(None), recall(400)
+    assert wide > narrow + 0.1 and wide >= 0.9
+    assert approx.ef_search == 10 and recall(None) == narrow
+    assert len(approx.search(queries[0], 10, ef=1)[0]) == 10  # a beam below k is raised to k
+    assert exact.search(queries[0], 10, ef=1)[0] == exact.search(queries[0], 10)[0]  # exact ignores it
+
+
 def test_approx_removal_reuses_slots_and_grows() -> None:
     vecs, ids = unit(400), ids_of(400)
     index = ApproxIndex(DIM, initial_capacity=16)  # grows by doubling

@@ -17,7 +17,7 @@ texts, see ``benchmarks/index_choice.py``); ``--data uniform`` gives isotropic v
 an approximate index. Queries come from the same distribution and are never copies of stored vectors.
 
     python -m benchmarks.memory [--sizes 10000,100000,1000000] [--shards 1,4] [--ef 64,128,256,512]
-                                [--data embedlike] [--out FILE]
+                                [--scan-threads N] [--data embedlike] [--out FILE]
 
 The approximate index is built once per (size, shards) and queried at every ``--ef`` (HNSW query beam),
 so one run shows the recall/latency trade-off that ``memory.hnsw_ef_search`` selects.
@@ -108,7 +108,7 @@ def populate(store, vecs: np.ndarray, qs: np.ndarray, ns: str) -> float:
 
 
 def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: np.ndarray, shards: int, kinds: list[str],
-                    k1: int, k2: int, n_queries: int, efs: list[int]) -> list[dict]:
+                    k1: int, k2: int, n_queries: int, efs: list[int], scan_threads: int = 0) -> list[dict]:
     """One row per index kind; the approximate index gets one row per query beam in ``efs`` (same graph)."""
     import ray
     import redis
@@ -125,7 +125,8 @@ def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: n
     truth = [set(_topk_ids(vecs, q, k1)) for q in queries[:n_queries]]
     rows = []
     for kind in kinds:
-        cfg = MemoryConfig(namespace=ns, shards=shards, k1=k1, k2=k2, delta=-1.0, index=kind, shard_timeout_s=60.0)
+        cfg = MemoryConfig(namespace=ns, shards=shards, k1=k1, k2=k2, delta=-1.0, index=kind, shard_timeout_s=60.0,
+                           scan_threads=scan_threads)
         t0 = time.perf_counter()
         handles = start_shards(cfg, redis_url, num_cpus=0)
         start_s = time.perf_counter() - t0
@@ -140,7 +141,8 @@ def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: n
                 lat.append(time.perf_counter() - t0)
                 assert not r.missing_shards
                 recalls.append(len(set(r.pool) & want) / k1)  # Phase A pool vs brute force
-            rows.append({"n": n, "shards": shards, "index": kind, "ef": ef, "p50_ms": pct(lat, 50) * 1e3,
+            rows.append({"n": n, "shards": shards, "index": kind, "ef": ef, "scan_threads": scan_threads,
+                         "p50_ms": pct(lat, 50) * 1e3,
                          "p99_ms": pct(lat, 99) * 1e3, "recall_at_k1": float(np.mean(recalls)),
                          "load_redis_s": load_s, "shard_start_s": start_s})
             print(f"  {kind}{'' if ef is None else f' ef={ef}'}: p50 {rows[-1]['p50_ms']:.2f} ms, "
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="1,4")
     parser.add_argument("--index", default="exact,approx")
     parser.add_argument("--ef", default="64,128,256,512", help="query beams measured on the approximate index")
+    parser.add_argument("--scan-threads", type=int, default=0, help="memory.scan_threads of the shards (0 = Ray's)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--reference-queries", type=int, default=5)
     parser.add_argument("--events", type=int, default=200_000)
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             for shards in shard_counts:
                 print(f"retrieval: n={n} shards={shards} ...", flush=True)
                 result["retrieval"] += bench_retrieval(server.url, vecs, qs, queries, shards, kinds, args.k1, args.k2,
-                                                       args.queries, efs)
+                                                       args.queries, efs, args.scan_threads)
                 server_client = __import__("redis").Redis.from_url(server.url)
                 server_client.flushall()
             del vecs
@@ -309,6 +312,7 @@ def render(r: dict) -> str:
     ref = {x["n"]: x["p50_ms"] for x in r["reference"]}
     for x in r["retrieval"]:
         index = x["index"] if x.get("ef") is None else f"{x['index']} ef={x['ef']}"
+        index += f", {x['scan_threads']} BLAS threads" if x.get("scan_threads") else ""
         lines.append(f"| {x['n']:,} | {x['shards']} | {index} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
                      f"{x['recall_at_k1']:.3f} | {ref[x['n']]:.0f} | {ref[x['n']] / x['p50_ms']:.0f}x |")
     lines += ["", "| memories | exact scan GB/s | share of copy bandwidth |", "|---:|---:|---:|"]

@@ -38,13 +38,18 @@ class MemoryShard:
     """The memories with ``shard_of(id) == shard``: index, records and Q in memory; Redis is the truth."""
 
     def __init__(self, redis_url: str, namespace: str, shard: int, shards: int, *, alpha: float,
-                 index: str = "exact", index_params: dict | None = None, claim_idle_s: float = 30.0, batch: int = 1000,
-                 consume: bool = True) -> None:
+                 index: str = "exact", index_params: dict | None = None, scan_threads: int = 0, claim_idle_s: float = 30.0,
+                 batch: int = 1000, consume: bool = True) -> None:
         self.client = redis.Redis.from_url(redis_url)
         self.store = MemoryStore(self.client, namespace, shards)
         self.namespace, self.shard, self.shards = namespace, shard, shards
         self.alpha, self.index_kind, self.batch = alpha, index, batch
         self.index_params = dict(index_params or {}) if index == "approx" else {}  # make_index keyword arguments
+        self._blas_limit = None
+        if scan_threads > 0:  # process-wide: a shard actor is its own process
+            from threadpoolctl import threadpool_limits
+
+            self._blas_limit = threadpool_limits(limits=scan_threads, user_api="blas")
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.stream = keys.reward_stream(namespace, shard)
         self.dead_letter = keys.dead_letter_stream(namespace)

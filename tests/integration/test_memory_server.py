@@ -266,3 +266,31 @@ def test_memory_cli_stats_snapshot_rollback_export_import(redis_url: str, tmp_pa
     assert epiq("stats", "--namespace", "cli2").stdout == res.stdout
     bad = epiq("rollback", "--namespace", ns, "--in", str(tmp_path / "missing.msgpack"))
     assert bad.returncode == 2 and "epiq memory: error" in bad.stderr
+
+
+@pytest.mark.slow
+def test_index_settings_reach_the_shard_actors(ray_session, redis_url: str) -> None:
+    """memory.hnsw_* shape the shard's HNSW graph, memory.scan_threads sets its BLAS threads, and a retrieval's
+    own beam is used for that call only."""
+    ray = ray_session
+    cfg = MemoryConfig(namespace="knobs", shards=1, k1=5, k2=2, delta=-1.0, index="approx", hnsw_m=8,
+                       hnsw_ef_construction=40, hnsw_ef_search=77, scan_threads=2)
+    handles = start_shards(cfg, redis_url)
+    records = _records(50, "knobs")
+    mem = MemoryClient(handles, redis_url, cfg)
+    mem.add_blocking(records)
+
+    def settings(shard):
+        from threadpoolctl import threadpool_info
+
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        return shard.index.ef_search, shard.index._index.M, shard.index._index.ef_construction, blas
+
+    ef, m, ef_construction, blas = ray.get(handles[0].__ray_call__.remote(settings))
+    assert (ef, m, ef_construction) == (77, 8, 40)
+    assert blas and all(n == 2 for n in blas)  # Ray alone would give this num_cpus=0.5 actor one thread
+    got = mem.retrieve_blocking(records[3].embedding, ef=200)
+    assert got.pool[0] == records[3].id and len(got.records) == 2
+    assert ray.get(handles[0].__ray_call__.remote(lambda s: s.index.ef_search)) == 77  # the call's beam did not stick
+    for h in handles:
+        ray.kill(h, no_restart=True)

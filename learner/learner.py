@@ -252,11 +252,12 @@ class Learner:
         ``HOLD_LIMIT`` batches held (tasks that rarely repeat) -> the oldest batch goes as it is (singletons
         get advantage 0)."""
         size = self.cfg.batch_size
-        counts = Counter(t.task_id for _, t in self._held)
+        groups: dict[str, list[int]] = {}  # task -> positions in the hold, oldest group first
+        for i, (_, t) in enumerate(self._held):
+            groups.setdefault(t.task_id, []).append(i)
         chosen: list[int] = []
-        for task in dict.fromkeys(t.task_id for _, t in self._held):  # oldest group first
-            members = [i for i, (_, t) in enumerate(self._held) if t.task_id == task]
-            if counts[task] >= 2 and len(chosen) + len(members) <= size:
+        for members in groups.values():
+            if len(members) >= 2 and len(chosen) + len(members) <= size:
                 chosen += members
         if len(chosen) < size:
             if partial and self._held:

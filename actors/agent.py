@@ -32,10 +32,12 @@ class EpisodeSpec:
     attempt: int = 0
     learn: bool = True  # False: frozen-memory evaluation (no feedback, no writes)
     run_id: str = ""  # the run folder's name: episodes of different runs never share ids in a shared Redis
+    sample: int = 0  # which of the task's ``rollout.group_size`` episodes in this epoch (a GRPO group)
 
     @property
     def episode_id(self) -> str:
-        return f"{self.run_id}/s{self.seed}-e{self.epoch}-{self.task.task_id}"
+        group = f"-g{self.sample}" if self.sample else ""
+        return f"{self.run_id}/s{self.seed}-e{self.epoch}-{self.task.task_id}{group}"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Trajectory:
     task_id: str
     epoch: int
     seed: int
+    sample: int = 0
     won: bool = False
     reward: float = 0.0
     steps: int = 0
@@ -82,7 +85,7 @@ async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None,
                       count_tokens: Callable[[str], int] = lambda s: len(s) // 4 + 1,
                       model_id: str = "", writer: str = "") -> Trajectory:
     """Play one episode of ``spec.task`` and learn from it (memory feedback + a new memory) unless ``spec.learn`` is off."""
-    traj = Trajectory(spec.episode_id, spec.task.task_id, spec.epoch, spec.seed)
+    traj = Trajectory(spec.episode_id, spec.task.task_id, spec.epoch, spec.seed, spec.sample)
     t_start = time.perf_counter()
     timings = {"env": 0.0, "llm": 0.0, "memory": 0.0}
     style = cfg.agent.style_for(cfg.llm.model)

@@ -1,12 +1,16 @@
-"""Learning benchmark: the mode comparison on the quickstart, over several seeds, plus a held-out transfer check.
+"""Learning benchmark: the mode comparison over several seeds, with intervals, paired differences and a held-out
+transfer check, on the quickstart's task set or on a fresh one.
 
-Runs the real driver (``cluster.train``: local Ray, valkey, the vLLM pool, rollout actors) with ``run.modes`` =
-``--modes`` and ``rollout.seeds`` = ``--seeds`` on the quickstart's distractor task set; after each seed's last
-epoch every memory mode plays the held-out games once with its memory frozen (no feedback, no writes). Writes
-the run folder (``comparison.md``, ``comparison.png``, per-mode metrics) and a JSON summary with the command.
+Runs the real driver (``cluster.train``: local Ray, valkey, the vLLM pool, rollout actors, the LoRA learner) with
+``run.modes`` = ``--modes`` and ``rollout.seeds`` = ``--seeds`` on the quickstart's distractor task set, or with
+``--taskset FILE`` on a task set built by ``python -m actors.envs.distractors ... --groups 10 --out FILE`` (groups
+1-5 are played, groups 6-10 are the held-out games); after each seed's last epoch every mode plays the held-out
+games once with its memory and adapter frozen. Writes the run folder (``comparison.{md,png,json}``, per-mode
+metrics) and a JSON summary: the command, per-seed results, intervals, paired differences, and the learner's
+per-step metrics (advantages, KL to the behaviour policy, reward) of each LoRA mode and seed.
 
-    python -m benchmarks.learning --out runs/bench/learning.json                       # none, rag, memrl; 3 seeds
-    python -m benchmarks.learning --modes none,memrl,lora,memory+lora --seeds 0,1,2    # with the LoRA learner
+    python -m benchmarks.learning --modes none,rag,memrl,lora,memory+lora --out runs/bench/learning.json
+    python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13,14
 """
 
 from __future__ import annotations
@@ -24,13 +28,28 @@ HELDOUT_SEEDS = [1029, 1164, 1037, 1102, 1057, 1230, 1043, 1078, 1128, 1075, 118
                  1033, 1118, 1124, 1104, 1109, 1089, 1207, 1177]
 
 
+def learner_steps(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """mode -> seed -> the learner's per-step metrics (advantage, KL to behaviour, reward, loss, clip fraction)."""
+    keys = ("step", "version", "trajectories", "advantage_abs", "kl_behav", "reward_mean", "loss", "clip_frac",
+            "grad_norm", "dropped_stale", "staleness")
+    out: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(run_dir.glob("*/learner/s*/learner_metrics.jsonl")):
+        mode, seed = path.parts[-4], path.parts[-2]
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out.setdefault(mode, {})[seed] = [{k: r.get(k) for k in keys} for r in rows]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="epiq bench learning", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/quickstart.yaml")
     p.add_argument("--modes", default="none,rag,memrl")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
-    p.add_argument("--heldout", default=",".join(map(str, HELDOUT_SEEDS)), help="held-out game seeds ('' = none)")
+    p.add_argument("--heldout", default=None, help="held-out game seeds ('' = none; default: the quickstart's "
+                                                   "groups 6-10, or the task set's)")
+    p.add_argument("--taskset", type=Path, default=None,
+                   help="a distractors JSON (--groups 10): groups 1-5 are the tasks, groups 6-10 the held-out games")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/learning.json"))
     p.add_argument("--resume", metavar="RUN_NAME", default=None,
@@ -41,8 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.train import run
 
     name = args.resume or f"learning-{time.strftime('%Y%m%d-%H%M%S')}"
-    overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]", f"env.heldout_seeds=[{args.heldout}]",
-                 f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}", *args.set]
+    heldout = ",".join(map(str, HELDOUT_SEEDS)) if args.heldout is None else args.heldout
+    overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]",
+                 f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}"]
+    if args.taskset is not None:
+        groups = json.loads(args.taskset.read_text())["groups"]
+        if len(groups) < 6:
+            print(f"epiq bench learning: {args.taskset} has {len(groups)} groups; build it with --groups 10",
+                  file=sys.stderr)
+            return 2
+        overrides.append(f"env.task_seeds=[{','.join(str(x) for g in groups[:5] for x in g['seeds'])}]")
+        if args.heldout is None:
+            heldout = ",".join(str(x) for g in groups[5:] for x in g["seeds"])
+    overrides += [f"env.heldout_seeds=[{heldout}]", *args.set]
     if args.epochs:
         overrides.append(f"rollout.epochs={args.epochs}")
     try:
@@ -61,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
               "config": args.config, "run_dir": str(run_dir), "modes": args.modes.split(","),
               "seeds": [int(s) for s in args.seeds.split(",")], "wall_s": time.perf_counter() - t0,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "table": summary["table"],
-              "plot": summary["plot"], "comparison": comparison}
+              "plot": summary["plot"], "comparison": comparison, "learner_steps": learner_steps(run_dir)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out} (run folder {run_dir})")

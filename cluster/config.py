@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ class MemoryConfig:
     k2: int = doc(3, "Phase B: memories injected into the prompt.")
     lam: float = doc(0.5, "Phase B weight λ of the z-scored Q against z-scored similarity (0 = similarity-only RAG).")
     alpha: float = doc(0.3, "Utility learning rate α in Q <- Q + α(r - Q).")
-    q_init: float = doc(0.0, "Q of a newly written memory.")
+    q_init: float = doc(0.0, "Q of a newly written memory (of a success memory when q_init_failure is set).")
+    q_init_failure: float | None = doc(None, "Q of a new memory written by a failed episode; null = q_init (as published). Setting it to q_init + alpha * (reward_failure - q_init) counts the writing episode as the memory's first (failed) use.")
     q_floor: float | None = doc(None, "Phase B drops candidates with Q below this; null = no floor.")
     epsilon: float = doc(0.0, "Probability of an ε-greedy exploration pick in Phase B.")
     capacity: int = doc(100_000, "Maximum memories per namespace; beyond it the lowest-value memories are evicted.")
@@ -127,6 +129,9 @@ class MemoryConfig:
         _check(0.0 < self.alpha <= 1.0, "alpha", f"must be in (0, 1], got {self.alpha}")
         _check(0.0 <= self.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {self.epsilon}")
         _check(self.k2 <= self.k1, "k2", f"must be <= k1 ({self.k1}), got {self.k2}")
+        for name in ("q_init", "q_init_failure", "q_floor"):
+            v = getattr(self, name)
+            _check(v is None or math.isfinite(v), name, f"must be a finite number, got {v}")
 
 
 @dataclass
@@ -217,9 +222,10 @@ class RolloutConfig:
     seeds: list[int] = doc([0], "Run seeds; each seed is a separate run of all epochs.")
     resources: dict[str, float] = doc({}, "Ray custom resources each rollout actor requires, e.g. {rollout: 1} to place it on the `rollout` worker group (k8s/).")
     max_retries: int = doc(2, "Times an episode whose actor died is re-dispatched.")
+    group_size: int = doc(1, "Episodes of each task per epoch, dispatched together and sampled independently (GRPO groups for the learner); every mode plays the same number.")
 
     def __post_init__(self) -> None:
-        _positive(self, "actors", "concurrency", "max_in_flight", "epochs")
+        _positive(self, "actors", "concurrency", "max_in_flight", "epochs", "group_size")
         _non_negative(self, "max_retries")
         _check(len(self.seeds) > 0, "seeds", "needs at least one seed")
 

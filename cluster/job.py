@@ -50,11 +50,12 @@ LORA_MODES = ("lora", "memory+lora")
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
-    """The config of one compared mode: which halves learn, and λ (rag = similarity only)."""
+    """The config of one compared mode: which halves learn, and how retrieval ranks (rag = similarity only)."""
     memory_on = mode in ("rag", "memrl", "memory", "memory+lora")
     namespace = f"{cfg.memory.namespace}-{mode.replace('+', '_')}"  # namespaces take letters, digits, _ . -
-    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=namespace,
-                                 lam=0.0 if mode == "rag" else cfg.memory.lam)
+    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=namespace)
+    if mode == "rag":  # similarity only: Q neither ranks (λ = 0) nor filters (no floor)
+        memory = dataclasses.replace(memory, lam=0.0, q_floor=None)
     learner = dataclasses.replace(cfg.learner, enabled=mode in LORA_MODES)
     llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or mode in LORA_MODES)
     return dataclasses.replace(cfg, memory=memory, learner=learner, llm=llm)
@@ -109,8 +110,9 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
     from actors.rollout import start_rollout_workers
 
     engines = pool.handles if pool is not None else None
-    recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs)
-    held_rec = Recorder(run_dir / "heldout", [t.task_id for t in heldout], 1) if heldout else None
+    group = cfg.rollout.group_size
+    recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs, group_size=group)
+    held_rec = Recorder(run_dir / "heldout", [t.task_id for t in heldout], 1, group_size=group) if heldout else None
     replaced = 0
     learner_stats: dict[int, dict] = {}
     try:
@@ -169,7 +171,8 @@ def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any, redis
 
     try:
         learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, learner_namespace(cfg),
-                                engines=pool.handles, cache_dir=cfg.run.cache_dir)
+                                engines=pool.handles, cache_dir=cfg.run.cache_dir,
+                                group_size=cfg.rollout.group_size)
     except ray.exceptions.GetTimeoutError:
         raise RuntimeError(f"the learner actor was not placed in time: it asks for learner.num_cpus="
                            f"{cfg.learner.num_cpus}, num_gpus={cfg.learner.num_gpus}, resources={cfg.learner.resources}; "

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+def slot(task_id: str, sample: int) -> str:
+    """The key of one episode within an epoch: the task, and which of its group_size samples."""
+    return task_id if not sample else f"{task_id}#{sample}"
+
+
 def csr(solved_by_epoch: list[set[str]], n_tasks: int) -> list[float]:
     """Cumulative success rate: fraction of tasks solved at least once up to each epoch."""
     seen: set[str] = set()
@@ -34,11 +39,13 @@ class Recorder:
     """Episodes and epoch metrics of one run folder (all seeds)."""
 
     def __init__(self, run_dir: Path, tasks: list[str], epochs: int, q_stats: Callable[[int], dict] | None = None,
-                 progress: TextIO | None = sys.stderr, tensorboard: bool = True) -> None:
+                 progress: TextIO | None = sys.stderr, tensorboard: bool = True, group_size: int = 1) -> None:
         self.run_dir, self.tasks, self.epochs, self.q_stats = run_dir, list(tasks), epochs, q_stats
+        self.group_size = group_size
+        self.per_epoch = len(self.tasks) * group_size  # episodes that close an epoch
         self.progress = progress
         self.episodes_path, self.metrics_path = run_dir / "episodes.jsonl", run_dir / "metrics.jsonl"
-        self.results: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)  # (seed, epoch) -> task -> episode
+        self.results: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)  # (seed, epoch) -> slot -> episode
         self.closed: set[tuple[int, int]] = set()
         self.epoch_rows: list[dict] = []
         self._t0, self._n, self._won = time.perf_counter(), 0, 0
@@ -56,7 +63,7 @@ class Recorder:
             for line in self.episodes_path.read_text().splitlines():
                 if line.strip():
                     ep = json.loads(line)
-                    self.results[(ep["seed"], ep["epoch"])][ep["task_id"]] = ep
+                    self.results[(ep["seed"], ep["epoch"])][slot(ep["task_id"], ep.get("sample", 0))] = ep
         if self.metrics_path.exists():
             for line in self.metrics_path.read_text().splitlines():
                 if line.strip():
@@ -64,43 +71,47 @@ class Recorder:
                     self.epoch_rows.append(row)
                     self.closed.add((row["seed"], row["epoch"]))
 
-    def finished(self, seed: int) -> set[tuple[int, str]]:
-        return {(e, t) for (s, e), tasks in self.results.items() if s == seed for t in tasks}
+    def finished(self, seed: int) -> set[tuple[int, str, int]]:
+        """(epoch, task, sample) of every episode of ``seed`` already recorded."""
+        return {(e, ep["task_id"], ep.get("sample", 0)) for (s, e), eps in self.results.items() if s == seed
+                for ep in eps.values()}
 
     def record(self, traj: Any, attempt: int = 0) -> None:
         key = (traj.seed, traj.epoch)
-        if traj.task_id in self.results[key]:
+        where = slot(traj.task_id, traj.sample)
+        if where in self.results[key]:
             return  # a re-dispatched episode that also finished: the first result counts
         ep = {**traj.summary(), "attempt": attempt}
-        self.results[key][traj.task_id] = ep
+        self.results[key][where] = ep
         with self.episodes_path.open("a") as f:
             f.write(json.dumps(ep) + "\n")
         self._epoch_start.setdefault(key, time.perf_counter() - traj.timings.get("total", 0.0))
         self._n += 1
         self._won += int(ep["won"])
         self._show(traj)
-        if len(self.results[key]) == len(self.tasks) and key not in self.closed:
+        if len(self.results[key]) == self.per_epoch and key not in self.closed:
             self._close(*key)
 
     def _show(self, traj: Any) -> None:
         if self.progress is None:
             return
         rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
-        total = self.epochs * len(self.tasks)
+        total = self.epochs * self.per_epoch
         done = len(self.results[(traj.seed, traj.epoch)])
-        self.progress.write(f"\r[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{len(self.tasks)} tasks  "
+        self.progress.write(f"\r[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{self.per_epoch} episodes  "
                             f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} episodes, {total} per seed)   ")
         self.progress.flush()
 
     def _close(self, seed: int, epoch: int) -> None:
         eps = list(self.results[(seed, epoch)].values())
-        solved = [{t for t, e in self.results[(seed, ep)].items() if e["won"]} for ep in range(epoch + 1)]
+        solved = [{e["task_id"] for e in self.results[(seed, ep)].values() if e["won"]} for ep in range(epoch + 1)]
         wall = max(time.perf_counter() - self._epoch_start.get((seed, epoch), time.perf_counter()), 1e-9)
         tokens = sum(e["generated_tokens"] for e in eps)
         row = {
             "seed": seed, "epoch": epoch, "episodes": len(eps),
             "success_rate": sum(e["won"] for e in eps) / len(eps),
             "csr": csr(solved, len(self.tasks))[-1],
+            "solved": sorted(solved[-1]),  # tasks won at least once in this epoch (forgetting: cluster.report)
             "errors": sum(1 for e in eps if e["error"]),
             "steps_mean": sum(e["steps"] for e in eps) / len(eps),
             "retrieval_hit_rate": sum(1 for e in eps if e["retrieved_ids"]) / len(eps),

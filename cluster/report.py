@@ -1,10 +1,18 @@
-"""Comparing runs: per-epoch success and CSR, Last and CSR with their spread over seeds, a table and a plot.
+"""Comparing runs: per-epoch success and CSR, Last, CSR, held-out success and forgetting over seeds, with 95%
+intervals and paired differences; a table and a plot.
 
-Owns: reading run folders (``metrics.jsonl`` per seed and epoch, ``heldout/metrics.jsonl`` of the frozen-memory
-transfer check when present), aggregating each run over its seeds (mean and standard deviation), rendering
-``comparison.md`` (markdown table), ``comparison.png`` (success and CSR curves per run, mean with a band of ±1
-standard deviation over seeds) and ``comparison.json``. A folder made by ``run.modes`` holds one run per mode
-and is expanded into them.
+Owns: reading run folders (``metrics.jsonl`` per seed and epoch, ``episodes.jsonl``, ``heldout/metrics.jsonl`` of the
+frozen transfer check when present), aggregating each run over its seeds (mean with a Student-t 95% interval:
+``cluster.stats``), the paired differences of each mode against ``none`` and of memrl against rag (and of
+memory+lora against memrl and lora) on the seeds both ran, marked resolved only when the interval excludes 0;
+rendering ``comparison.md`` (tables), ``comparison.png`` (success and CSR curves per run, mean with a 95% band over
+seeds) and ``comparison.json`` (per-seed values, intervals, differences). A folder made by ``run.modes`` holds one
+run per mode and is expanded into them.
+
+Figures per run, each per seed then over seeds: **Last** (success rate of the final epoch, over every episode of
+it), **CSR** (share of tasks won at least once up to the final epoch), **held-out** (success on unseen tasks with
+the memory and adapter frozen), **forgetting** (share of the tasks won in some earlier epoch that no episode of the
+final epoch won).
 
     python -m cluster.report runs/quickstart-20261123-101500 [more run folders] [--out DIR]   # = epiq report ...
 """
@@ -13,21 +21,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 from pathlib import Path
 from typing import Any
 
+from cluster.stats import CONFIDENCE, Interval, interval, paired
 
+METRICS = ("last", "csr", "heldout", "forgetting")
+NAMES = {"last": "Last", "csr": "CSR", "heldout": "held-out (frozen)", "forgetting": "forgetting"}
+# compared pairs (a, b): a - b, when both are in the report
+PAIRS = [("rag", "none"), ("memrl", "none"), ("memory", "none"), ("lora", "none"), ("memory+lora", "none"),
+         ("memrl", "rag"), ("memory+lora", "memrl"), ("memory+lora", "lora")]
 def _rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
 def expand(run_dirs: list[Path]) -> dict[str, Path]:
@@ -58,27 +66,63 @@ def _mode_order(d: Path) -> dict[str, int]:
     return {m: i for i, m in enumerate(modes)}
 
 
+def forgetting(episodes: list[dict], last_epoch: int) -> float:
+    """Share of the tasks won in an epoch before ``last_epoch`` that no episode of ``last_epoch`` won (nan if none
+    was won before)."""
+    before = {e["task_id"] for e in episodes if e["won"] and e["epoch"] < last_epoch}
+    if not before:
+        return math.nan
+    last = {e["task_id"] for e in episodes if e["won"] and e["epoch"] == last_epoch}
+    return len(before - last) / len(before)
+
+
+def _iv(iv: Interval) -> dict[str, Any]:
+    return iv.as_dict()
+
+
 def aggregate(run_dir: Path) -> dict[str, Any]:
-    """One run over its seeds: per-epoch mean/sd of success and CSR, Last and CSR (final epoch) mean/sd."""
+    """One run over its seeds: per-epoch success and CSR (mean and 95% interval), and per seed and over seeds
+    Last, CSR, held-out success and forgetting."""
     rows = _rows(run_dir / "metrics.jsonl")
     seeds = sorted({r["seed"] for r in rows})
     epochs = sorted({r["epoch"] for r in rows})
     by = {(r["seed"], r["epoch"]): r for r in rows}
-    curve = {k: [] for k in ("success_mean", "success_sd", "csr_mean", "csr_sd")}
+    curve: dict[str, list[float]] = {k: [] for k in ("success_mean", "success_lo", "success_hi",
+                                                     "csr_mean", "csr_lo", "csr_hi")}
     for e in epochs:
         for key, name in (("success_rate", "success"), ("csr", "csr")):
-            m, sd = _mean_sd([by[(s, e)][key] for s in seeds if (s, e) in by])
-            curve[f"{name}_mean"].append(m)
-            curve[f"{name}_sd"].append(sd)
+            iv = interval([by[(s, e)][key] for s in seeds if (s, e) in by])
+            for part in ("mean", "lo", "hi"):
+                curve[f"{name}_{part}"].append(getattr(iv, part))
     last_epoch = {s: max(e for (ss, e) in by if ss == s) for s in seeds}
-    last = [by[(s, last_epoch[s])]["success_rate"] for s in seeds]
-    csr = [by[(s, last_epoch[s])]["csr"] for s in seeds]
-    out: dict[str, Any] = {"run_dir": str(run_dir), "seeds": seeds, "epochs": [e + 1 for e in epochs], **curve,
-                           "last": _mean_sd(last), "csr": _mean_sd(csr), "last_per_seed": last, "csr_per_seed": csr,
-                           "episodes_per_s": _mean_sd([r["episodes_per_s"] for r in rows])[0]}
+    episodes = _rows(run_dir / "episodes.jsonl")
+    per_seed: dict[str, dict[int, float]] = {
+        "last": {s: by[(s, last_epoch[s])]["success_rate"] for s in seeds},
+        "csr": {s: by[(s, last_epoch[s])]["csr"] for s in seeds},
+        "forgetting": {s: forgetting([e for e in episodes if e["seed"] == s], last_epoch[s]) for s in seeds},
+    }
     held = _rows(run_dir / "heldout" / "metrics.jsonl")
     if held:
-        out["heldout"] = _mean_sd([r["success_rate"] for r in held])
+        per_seed["heldout"] = {r["seed"]: r["success_rate"] for r in held}
+    out: dict[str, Any] = {"run_dir": str(run_dir), "seeds": seeds, "epochs": [e + 1 for e in epochs], **curve,
+                           "episodes_per_epoch": by[(seeds[0], epochs[0])].get("episodes") if rows else None,
+                           "per_seed": per_seed, "episodes_per_s": interval([r["episodes_per_s"] for r in rows]).mean}
+    for m, values in per_seed.items():
+        out[m] = _iv(interval(list(values.values())))
+    return out
+
+
+def differences(result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired differences (a - b, per seed, then mean and interval) of the pairs in ``PAIRS`` present in
+    ``result``, for every metric both runs have."""
+    out = []
+    for a, b in PAIRS:
+        if a not in result or b not in result:
+            continue
+        for m in METRICS:
+            if m in result[a]["per_seed"] and m in result[b]["per_seed"]:
+                iv = paired(result[a]["per_seed"][m], result[b]["per_seed"][m])
+                out.append({"a": a, "b": b, "metric": m, **_iv(iv)})
     return out
 
 
@@ -86,23 +130,50 @@ def compare(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return {label: aggregate(d) for label, d in runs.items()}
 
 
-def _pm(pair: tuple[float, float]) -> str:
-    m, sd = pair
-    return f"{m:.1%} ± {sd:.1%}"
+def _cell(iv: dict[str, Any], signed: bool = False) -> str:
+    if iv["n"] == 0 or math.isnan(iv["mean"]):
+        return "-"
+    fmt = (lambda x: f"{x * 100:+.1f}") if signed else (lambda x: f"{x * 100:.1f}")
+    if iv["n"] < 2:
+        return f"{fmt(iv['mean'])}% (1 seed)"
+    return f"{fmt(iv['mean'])}% [{fmt(iv['lo'])}, {fmt(iv['hi'])}]"
 
 
-def markdown(result: dict[str, dict[str, Any]]) -> str:
-    held = any("heldout" in r for r in result.values())
-    head = "| run | seeds | epochs | Last | CSR |" + (" held-out (memory frozen) |" if held else "") + " episodes/s |"
-    sep = "|---|---:|---:|---:|---:|" + ("---:|" if held else "") + "---:|"
+def _verdict(d: dict[str, Any]) -> str:
+    if d["n"] < 2:
+        return "no interval (1 seed)"
+    if not d["resolved"]:
+        return "not resolved"
+    worse_is_higher = d["metric"] == "forgetting"
+    better = (d["lo"] > 0) != worse_is_higher
+    return f"**{d['a']} {'better' if better else 'worse'}**"
+
+
+def markdown(result: dict[str, dict[str, Any]], diffs: list[dict[str, Any]] | None = None) -> str:
+    present = [m for m in METRICS if any(m in r["per_seed"] for r in result.values())]
+    head = "| run | seeds | epochs | episodes/epoch | " + " | ".join(NAMES[m] for m in present) + " | episodes/s |"
+    sep = "|---|---:|---:|---:|" + "---:|" * len(present) + "---:|"
     lines = [head, sep]
     for label, r in result.items():
-        cells = [label, str(len(r["seeds"])), str(len(r["epochs"])), _pm(r["last"]), _pm(r["csr"])]
-        if held:
-            cells.append(_pm(r["heldout"]) if "heldout" in r else "-")
+        cells = [label, str(len(r["seeds"])), str(len(r["epochs"])), str(r.get("episodes_per_epoch") or "-")]
+        cells += [_cell(r[m]) if m in r else "-" for m in present]
         cells.append(f"{r['episodes_per_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nLast = success rate of the final epoch; CSR = share of tasks solved at least once; mean ± standard deviation over seeds.\n"
+    conf = f"{CONFIDENCE:.0%}"
+    text = "\n".join(lines) + (
+        f"\n\nMean over run seeds with its {conf} Student-t interval [low, high], in percent. Last = success rate of "
+        "the final epoch; CSR = share of tasks won at least once; held-out = unseen tasks played once with memory and "
+        "adapter frozen; forgetting = share of the tasks won in an earlier epoch that the final epoch did not win.\n")
+    diffs = differences(result) if diffs is None else diffs
+    if diffs:
+        lines = [f"| difference (paired over seeds) | metric | mean [{conf} interval], points | seeds | verdict |",
+                 "|---|---|---:|---:|---|"]
+        for d in diffs:
+            lines.append(f"| {d['a']} - {d['b']} | {NAMES[d['metric']]} | {_cell(d, signed=True)} | {d['n']} | "
+                         f"{_verdict(d)} |")
+        text += "\n" + "\n".join(lines) + (
+            "\n\nA difference is resolved only when its interval excludes 0 (lower forgetting is better).\n")
+    return text
 
 
 def plot(result: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -114,10 +185,11 @@ def plot(result: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, name, title in ((axes[0], "success", "success rate per epoch"), (axes[1], "csr", "cumulative success rate (CSR)")):
         for label, r in result.items():
-            x, m, sd = r["epochs"], r[f"{name}_mean"], r[f"{name}_sd"]
+            x, m = r["epochs"], r[f"{name}_mean"]
             ax.plot(x, m, marker="o", label=f"{label} (n={len(r['seeds'])})")
-            ax.fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2)
-        ax.set_title(title)
+            if len(r["seeds"]) > 1:
+                ax.fill_between(x, r[f"{name}_lo"], r[f"{name}_hi"], alpha=0.15)
+        ax.set_title(title + f" (band: {CONFIDENCE:.0%} interval over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -128,15 +200,28 @@ def plot(result: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _finite(x: Any) -> Any:
+    """nan -> None all the way down (JSON has no nan)."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_report(runs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
     """Write comparison.{md,png,json} into ``out_dir``; returns the aggregated result with the table text."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = compare(runs)
-    table = markdown(result)
+    diffs = differences(result)
+    table = markdown(result, diffs)
     (out_dir / "comparison.md").write_text(table)
-    (out_dir / "comparison.json").write_text(json.dumps(result, indent=2))
+    doc = _finite({"confidence": CONFIDENCE, "runs": result, "differences": diffs})
+    (out_dir / "comparison.json").write_text(json.dumps(doc, indent=2))
     png = plot(result, out_dir / "comparison.png")
-    return {"result": result, "table": table, "plot": str(png)}
+    return {"result": result, "differences": diffs, "table": table, "plot": str(png)}
 
 
 def main(argv: list[str] | None = None) -> int:

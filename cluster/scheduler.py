@@ -1,6 +1,7 @@
 """The scheduler: the MemRL protocol (epochs over a task set, per seed) with bounded episodes in flight.
 
-Owns: dispatching episode specs to rollout actors — continuously (``rollout.mode: async``) or in batches with a
+Owns: dispatching episode specs to rollout actors (``rollout.group_size`` episodes of each task per epoch, a
+group dispatched together) — continuously (``rollout.mode: async``) or in batches with a
 barrier (``sync``) — at most ``rollout.max_in_flight`` at once, and with the LoRA learner on, admission control
 that keeps trajectories within the staleness bound η; replacing a dead rollout actor and re-dispatching
 its unfinished episodes (same episode ids, so the memory counts each episode once); recording every finished
@@ -12,6 +13,7 @@ episode (``episodes.jsonl``, the basis of resume) and per-epoch metrics; the pro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -25,10 +27,11 @@ from cluster.metrics import Recorder
 log = logging.getLogger(__name__)
 
 
-def _next_free(queue: deque[EpisodeSpec], busy: set[str]) -> EpisodeSpec | None:
-    """Take the first queued episode whose task is not in flight (queue order is epoch order)."""
+def _next_free(queue: deque[EpisodeSpec], busy: dict[str, int]) -> EpisodeSpec | None:
+    """Take the first queued episode whose task has nothing in flight, or only episodes of the same epoch (its
+    group); queue order is epoch order, so a task's next epoch waits until its whole group is back."""
     for i, spec in enumerate(queue):
-        if spec.task.task_id not in busy:
+        if busy.get(spec.task.task_id, spec.epoch) == spec.epoch:
             del queue[i]
             return spec
     return None
@@ -56,9 +59,9 @@ class Scheduler:
         import ray
 
         done = done or set()
-        queue = deque(EpisodeSpec(task, epoch, seed, learn=self.learn, run_id=self.run_id)
+        queue = deque(EpisodeSpec(task, epoch, seed, learn=self.learn, run_id=self.run_id, sample=g)
                       for epoch in range(epochs or self.cfg.rollout.epochs) for task in (tasks or self.tasks)
-                      if (epoch, task.task_id) not in done)
+                      for g in range(self.cfg.rollout.group_size) if (epoch, task.task_id, g) not in done)
         in_flight: dict[Any, tuple[EpisodeSpec, int]] = {}  # ref -> (spec, worker index)
         load = [0] * len(self.workers)
         limit = self.cfg.rollout.max_in_flight
@@ -67,10 +70,10 @@ class Scheduler:
             # 1. dispatch: async keeps the pipe full; sync only refills once the whole batch is back
             #    (a task's next epoch starts only after its previous one is in: memory learns between epochs)
             if self.cfg.rollout.mode == "async" or not in_flight:
-                busy = {s.task.task_id for s, _ in in_flight.values()}
+                busy = {s.task.task_id: s.epoch for s, _ in in_flight.values()}
                 budget = self._admissible()
                 while len(in_flight) < limit and budget > 0 and (spec := _next_free(queue, busy)) is not None:
-                    busy.add(spec.task.task_id)
+                    busy[spec.task.task_id] = spec.epoch
                     budget -= 1
                     self.dispatched += 1
                     w = min(range(len(self.workers)), key=load.__getitem__)
@@ -134,10 +137,10 @@ class Scheduler:
         again = []
         for s in lost:
             if s.attempt >= self.cfg.rollout.max_retries:
-                self.recorder.record(Trajectory(s.episode_id, s.task.task_id, s.epoch, s.seed,
+                self.recorder.record(Trajectory(s.episode_id, s.task.task_id, s.epoch, s.seed, s.sample,
                                                 error=f"rollout actor died {s.attempt + 1} times"), attempt=s.attempt)
             else:
-                again.append(EpisodeSpec(s.task, s.epoch, s.seed, s.attempt + 1, s.learn, s.run_id))
+                again.append(dataclasses.replace(s, attempt=s.attempt + 1))
         return list(reversed(again))  # extendleft reverses: keep the original order
 
     def shutdown(self) -> None:

@@ -39,12 +39,18 @@ log = logging.getLogger(__name__)
 HOLD_LIMIT = 4  # batches' worth of trajectories held while waiting for task groups to form
 
 
+def group_key(t: TrainTrajectory, group_size: int) -> str:
+    """The GRPO group of a trajectory: its task's episodes of one epoch (``group_size`` > 1: sampled together from
+    the same policy and memory), or every episode of its task in the batch (one episode per task and epoch)."""
+    return t.task_id if group_size <= 1 else f"{t.task_id}@{t.epoch}"
+
+
 class Learner:
     """One LoRA policy trained on one namespace's trajectory stream (a single learner per stream)."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
                  engines: list[Any] | None = None, cache_dir: str | None = None, seed: int = 0,
-                 initial_version: int = 0) -> None:
+                 initial_version: int = 0, group_size: int = 1) -> None:
         if cache_dir is not None:
             from cluster.services import redirect_caches
 
@@ -54,6 +60,7 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         self.cfg, self.model_path, self.engines = cfg, model_path, list(engines or [])
+        self.group_size = group_size  # rollout.group_size: episodes of a task per epoch, one GRPO group
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
@@ -169,7 +176,7 @@ class Learner:
 
         # 3. advantages (groups = episodes of the same task), sequences, proximal logprobs (no grad)
         t1 = time.perf_counter()
-        adv = group_advantages([t.reward for t in trajs], [t.task_id for t in trajs])
+        adv = group_advantages([t.reward for t in trajs], [group_key(t, self.group_size) for t in trajs])
         seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
         # minibatch mb holds the turns of trajectories ti with ti % minibatches == mb, in micro-batch chunks
         chunks = []
@@ -247,17 +254,18 @@ class Learner:
         return metrics
 
     def _take_batch(self, partial: bool) -> list[tuple[str, TrainTrajectory]] | None:
-        """Up to ``batch_size`` held trajectories made of whole task groups (>= 2 episodes of a task, oldest
-        first); None while too few are grouped. ``partial`` (draining) takes what is held. More than
-        ``HOLD_LIMIT`` batches held (tasks that rarely repeat) -> the oldest batch goes as it is (singletons
+        """Up to ``batch_size`` held trajectories made of whole groups (``group_key``: at least max(2, group_size)
+        episodes, oldest first); None while too few are grouped. ``partial`` (draining) takes what is held. More
+        than ``HOLD_LIMIT`` batches held (tasks that rarely repeat) -> the oldest batch goes as it is (singletons
         get advantage 0)."""
         size = self.cfg.batch_size
-        groups: dict[str, list[int]] = {}  # task -> positions in the hold, oldest group first
+        whole = max(2, self.group_size)
+        groups: dict[str, list[int]] = {}  # group -> positions in the hold, oldest group first
         for i, (_, t) in enumerate(self._held):
-            groups.setdefault(t.task_id, []).append(i)
+            groups.setdefault(group_key(t, self.group_size), []).append(i)
         chosen: list[int] = []
         for members in groups.values():
-            if len(members) >= 2 and len(chosen) + len(members) <= size:
+            if len(members) >= whole and len(chosen) + len(members) <= size:
                 chosen += members
         if len(chosen) < size:
             if partial and self._held:
@@ -390,14 +398,14 @@ class Learner:
 
 def start_learner(cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
                   engines: list[Any] | None = None, cache_dir: str | None = None, max_restarts: int = 0,
-                  timeout_s: float = 300.0, initial_version: int = 0) -> Any:
+                  timeout_s: float = 300.0, initial_version: int = 0, group_size: int = 1) -> Any:
     """The learner as a threaded Ray actor (``num_cpus`` / ``num_gpus`` / ``resources`` from ``cfg``), ready to ``run``."""
     import ray
 
     actor = ray.remote(Learner).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources),
                                         max_concurrency=4, max_restarts=max_restarts)
     handle = actor.remote(cfg, model_path, redis_url, str(out_dir), namespace, engines, cache_dir,
-                          initial_version=initial_version)
+                          initial_version=initial_version, group_size=group_size)
     try:
         ray.get(handle.state.remote(), timeout=timeout_s)
     except BaseException:

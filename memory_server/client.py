@@ -176,11 +176,16 @@ class MemoryClient:
         """Write an episode's experience as a new memory (id derived from the episode: a retried episode writes once)."""
         vec = await asyncio.to_thread(self.embed, intent)
         rec = MemoryRecord(namespace=self.cfg.namespace, intent=intent, embedding=vec, experience=experience,
-                           kind="success" if won else "failure", q=self.cfg.q_init, id=memory_id_for(episode_id),
+                           kind="success" if won else "failure", q=self.initial_q(won), id=memory_id_for(episode_id),
                            provenance=Provenance(episode_id, task_id, env, model_id, adapter_version, writer,
                                                  list(retrieved_ids)))
         await self.add([rec])
         return rec.id
+
+    def initial_q(self, won: bool) -> float:
+        """Q of a memory written by an episode that won / failed (``q_init``, or ``q_init_failure`` for a failure)."""
+        c = self.cfg
+        return c.q_init if won or c.q_init_failure is None else c.q_init_failure
 
     def add_blocking(self, records: Sequence[MemoryRecord]) -> list[str]:
         import ray

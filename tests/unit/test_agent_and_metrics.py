@@ -60,8 +60,8 @@ def test_csr_is_cumulative() -> None:
     assert csr([{"a"}, set(), {"b"}, {"a", "c"}], 4) == [0.25, 0.25, 0.5, 0.75]
 
 
-def _traj(task: str, epoch: int, won: bool, seed: int = 0) -> Trajectory:
-    return Trajectory(f"s{seed}-e{epoch}-{task}", task, epoch, seed, won=won, steps=3, generated_tokens=10,
+def _traj(task: str, epoch: int, won: bool, seed: int = 0, sample: int = 0) -> Trajectory:
+    return Trajectory(f"s{seed}-e{epoch}-{task}-g{sample}", task, epoch, seed, sample, won=won, steps=3, generated_tokens=10,
                       retrieved_ids=["m"] if epoch else [], timings={"total": 0.1})
 
 
@@ -74,7 +74,51 @@ def test_recorder_closes_epochs_and_resumes_from_the_folder(tmp_path: Path) -> N
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["success_rate"] == 0.5 and rows[0]["csr"] == 0.5
     again = Recorder(tmp_path, ["a", "b"], epochs=2, progress=None, tensorboard=False)
-    assert again.finished(0) == {(0, "a"), (0, "b"), (1, "a")}
+    assert again.finished(0) == {(0, "a", 0), (0, "b", 0), (1, "a", 0)}
     again.record(_traj("b", 1, True))
     s = again.summary()
     assert s["last"] == 0.5 and s["csr"] == 1.0 and s["seeds"][0]["epochs"] == 2
+
+
+def test_recorder_with_groups_closes_an_epoch_on_every_sample_of_every_task(tmp_path: Path) -> None:
+    """rollout.group_size = 2: an epoch is 2 episodes per task; success is over episodes, CSR over tasks."""
+    rec = Recorder(tmp_path, ["a", "b"], epochs=1, progress=io.StringIO(), tensorboard=False, group_size=2)
+    rec.record(_traj("a", 0, True, sample=0))
+    rec.record(_traj("a", 0, False, sample=1))
+    rec.record(_traj("b", 0, False, sample=0))
+    assert not (tmp_path / "metrics.jsonl").exists()  # b's second sample is missing
+    rec.record(_traj("b", 0, False, sample=0))  # a duplicate of b's first sample changes nothing
+    assert not (tmp_path / "metrics.jsonl").exists()
+    rec.record(_traj("b", 0, False, sample=1))
+    (row,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["episodes"] == 4 and row["success_rate"] == 0.25 and row["csr"] == 0.5 and row["solved"] == ["a"]
+    again = Recorder(tmp_path, ["a", "b"], epochs=1, progress=None, tensorboard=False, group_size=2)
+    assert again.finished(0) == {(0, "a", 0), (0, "a", 1), (0, "b", 0), (0, "b", 1)}
+
+
+def test_episode_ids_of_a_group_are_distinct_and_deterministic() -> None:
+    from actors.agent import EpisodeSpec
+    from actors.envs.base import TaskSpec
+
+    task = TaskSpec("textworld/1023", "textworld", "train")
+    ids = [EpisodeSpec(task, 2, 1, run_id="r", sample=g).episode_id for g in range(3)]
+    assert ids == ["r/s1-e2-textworld/1023", "r/s1-e2-textworld/1023-g1", "r/s1-e2-textworld/1023-g2"]
+
+
+def test_scheduler_dispatches_a_group_together_and_the_next_epoch_after_it() -> None:
+    from collections import deque
+
+    from actors.agent import EpisodeSpec
+    from actors.envs.base import TaskSpec
+    from cluster.scheduler import _next_free
+
+    a, b = TaskSpec("a", "textworld", "train"), TaskSpec("b", "textworld", "train")
+    queue = deque(EpisodeSpec(t, e, 0, sample=g) for e in range(2) for t in (a, b) for g in range(2))
+    busy: dict[str, int] = {}
+    taken = []
+    while (spec := _next_free(queue, busy)) is not None:
+        busy[spec.task.task_id] = spec.epoch
+        taken.append((spec.task.task_id, spec.epoch, spec.sample))
+    assert taken == [("a", 0, 0), ("a", 0, 1), ("b", 0, 0), ("b", 0, 1)]  # epoch 1 waits for epoch 0's groups
+    del busy["a"]  # a's group came back
+    assert (s := _next_free(queue, busy)) is not None and (s.task.task_id, s.epoch) == ("a", 1)

@@ -165,7 +165,7 @@ def test_batches_are_made_of_task_groups_and_singletons_wait() -> None:
     def held(*tasks: str) -> list:
         return [(f"e{i}", SimpleNamespace(task_id=t, episode_id=f"ep{i}")) for i, t in enumerate(tasks)]
 
-    me = SimpleNamespace(cfg=SimpleNamespace(batch_size=4), _held=held("a", "b", "c", "a", "d", "b"))
+    me = SimpleNamespace(cfg=SimpleNamespace(batch_size=4), group_size=1, _held=held("a", "b", "c", "a", "d", "b"))
     batch = Learner._take_batch(me, partial=False)
     assert [t.task_id for _, t in batch] == ["a", "b", "a", "b"]  # whole groups, oldest first
     assert [t.task_id for _, t in me._held] == ["c", "d"]
@@ -173,3 +173,23 @@ def test_batches_are_made_of_task_groups_and_singletons_wait() -> None:
     assert [t.task_id for _, t in Learner._take_batch(me, partial=True)] == ["c", "d"]  # drain
     me._held = held(*[f"t{i}" for i in range(HOLD_LIMIT * 4)])  # tasks that never repeat
     assert len(Learner._take_batch(me, partial=False)) == 4  # the oldest batch goes as it is
+
+
+def test_with_groups_a_batch_takes_whole_task_epoch_groups() -> None:
+    """rollout.group_size = 2: the group is a task's two episodes of one epoch; an incomplete group waits, and
+    episodes of the same task from different epochs are different groups."""
+    from types import SimpleNamespace
+
+    from learner.learner import Learner, group_key
+
+    def t(task: str, epoch: int) -> SimpleNamespace:
+        return SimpleNamespace(task_id=task, epoch=epoch)
+
+    order = [t("a", 0), t("b", 0), t("a", 1), t("a", 0), t("c", 0), t("c", 0)]
+    me = SimpleNamespace(cfg=SimpleNamespace(batch_size=4), group_size=2, _held=[(f"e{i}", x) for i, x in enumerate(order)])
+    batch = Learner._take_batch(me, partial=False)
+    assert [(x.task_id, x.epoch) for _, x in batch] == [("a", 0), ("a", 0), ("c", 0), ("c", 0)]
+    assert Learner._take_batch(me, partial=False) is None  # b@0 and a@1 are incomplete
+    assert group_key(t("a", 3), 2) == "a@3" and group_key(t("a", 3), 1) == "a"
+    adv = group_advantages([1.0, -1.0, 1.0, 1.0], [group_key(x, 2) for x in (t("a", 0), t("a", 0), t("a", 1), t("a", 1))])
+    assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], abs=1e-5)  # no signal in an all-win group

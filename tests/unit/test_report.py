@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,9 @@ def test_modes_switch_memory_learner_and_lambda() -> None:
     assert not none.memory.enabled and not none.learner.enabled
     assert rag.memory.enabled and rag.memory.lam == 0.0 and memrl.memory.lam == 0.5
     assert len({none.memory.namespace, rag.memory.namespace, memrl.memory.namespace}) == 3  # never shared
+    floored = build({"memory": {"q_floor": 0.0}})
+    assert mode_config(floored, "rag").memory.q_floor is None  # rag: Q neither ranks nor filters
+    assert mode_config(floored, "memrl").memory.q_floor == 0.0
     lora, both = mode_config(cfg, "lora"), mode_config(cfg, "memory+lora")
     assert lora.learner.enabled and not lora.memory.enabled and both.learner.enabled and both.memory.enabled
     assert lora.llm.enable_lora and both.llm.enable_lora and not memrl.llm.enable_lora
@@ -47,15 +51,54 @@ def test_bad_modes_and_overlapping_heldout_are_config_errors() -> None:
         build({"env": {"task_seeds": [1, 2], "heldout_seeds": [2, 3]}})
 
 
-def test_aggregate_means_and_spread_over_seeds(tmp_path: Path) -> None:
+def test_aggregate_intervals_over_seeds(tmp_path: Path) -> None:
     _write_run(tmp_path / "memrl", {0: [(0.2, 0.2), (0.6, 0.7)], 1: [(0.4, 0.4), (0.8, 0.9)]}, heldout=[0.1, 0.3])
     r = aggregate(tmp_path / "memrl")
     assert r["seeds"] == [0, 1] and r["epochs"] == [1, 2]
-    assert r["success_mean"] == pytest.approx([0.3, 0.7]) and r["success_sd"] == pytest.approx([0.1, 0.1])
-    assert r["last"] == pytest.approx((0.7, 0.1)) and r["csr"] == pytest.approx((0.8, 0.1))
-    assert r["heldout"] == pytest.approx((0.2, 0.1))
+    # two seeds: mean 0.7, sd 0.141421, half width 12.7062 * 0.141421 / sqrt(2) = 1.27062
+    assert r["success_mean"] == pytest.approx([0.3, 0.7])
+    assert r["success_lo"][1] == pytest.approx(0.7 - 1.27062, abs=1e-4)
+    assert r["last"]["mean"] == pytest.approx(0.7) and r["last"]["hi"] == pytest.approx(0.7 + 1.27062, abs=1e-4)
+    assert r["csr"]["mean"] == pytest.approx(0.8) and r["heldout"]["mean"] == pytest.approx(0.2)
+    assert r["per_seed"]["last"] == {0: 0.6, 1: 0.8}
     table = markdown({"memrl": r})
-    assert "| memrl | 2 | 2 | 70.0% ± 10.0% | 80.0% ± 10.0% | 20.0% ± 10.0% | 2.00 |" in table
+    assert "| memrl | 2 | 2 | - | 70.0% [-57.1, 197.1] | 80.0% [-47.1, 207.1] |" in table
+
+
+def _write_episodes(d: Path, wins: dict[tuple[int, int], set[str]], tasks: list[str]) -> None:
+    rows = [{"seed": s, "epoch": e, "task_id": t, "won": t in won} for (s, e), won in wins.items() for t in tasks]
+    (d / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_forgetting_counts_tasks_won_before_and_lost_in_the_last_epoch(tmp_path: Path) -> None:
+    from cluster.report import forgetting
+
+    eps = [{"epoch": 0, "task_id": "a", "won": True}, {"epoch": 1, "task_id": "b", "won": True},
+           {"epoch": 2, "task_id": "a", "won": False}, {"epoch": 2, "task_id": "b", "won": True},
+           {"epoch": 2, "task_id": "c", "won": True}]
+    assert forgetting(eps, 2) == pytest.approx(0.5)  # a and b won before; a not won in the last epoch
+    assert math.isnan(forgetting(eps[2:], 2))  # nothing won before: undefined, left out of the mean
+
+
+def test_paired_differences_and_verdicts_in_the_table(tmp_path: Path) -> None:
+    """memrl beats none by 20 points on every seed (resolved); rag's difference to none straddles 0."""
+    job = tmp_path / "job"
+    tasks = ["a", "b"]
+    for mode, last in (("none", [0.1, 0.3, 0.2]), ("rag", [0.2, 0.2, 0.3]), ("memrl", [0.3, 0.5, 0.4])):
+        _write_run(job / mode, {s: [(0.0, 0.5), (v, 0.5)] for s, v in enumerate(last)})
+        _write_episodes(job / mode, {(s, e): {"a"} for s in range(3) for e in range(2)}, tasks)
+    (job / "config.yaml").write_text("run:\n  modes: [none, rag, memrl]\n")
+    from cluster.report import compare, differences
+
+    result = compare(expand([job]))
+    diffs = {(d["a"], d["b"], d["metric"]): d for d in differences(result)}
+    d = diffs[("memrl", "none", "last")]
+    assert d["mean"] == pytest.approx(0.2) and d["resolved"] and d["n"] == 3
+    assert not diffs[("rag", "none", "last")]["resolved"]
+    assert ("memrl", "rag", "last") in diffs and result["memrl"]["forgetting"]["mean"] == pytest.approx(0.0)
+    table = markdown(result)
+    assert "| memrl - none | Last | +20.0% [+20.0, +20.0] | 3 | **memrl better** |" in table
+    assert "| rag - none | Last |" in table and "not resolved" in table
 
 
 def test_report_cli_expands_a_modes_folder_in_config_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -67,8 +110,10 @@ def test_report_cli_expands_a_modes_folder_in_config_order(tmp_path: Path, capsy
     assert main([str(job)]) == 0
     out = capsys.readouterr().out
     assert out.index("| none") < out.index("| rag") < out.index("| memrl")
+    assert "no interval (1 seed)" in out  # one seed: nothing is resolved
     assert (job / "comparison.png").stat().st_size > 1000
-    assert json.loads((job / "comparison.json").read_text())["rag"]["last"] == pytest.approx([0.3, 0.0])
+    doc = json.loads((job / "comparison.json").read_text())
+    assert doc["runs"]["rag"]["last"]["mean"] == pytest.approx(0.3) and doc["runs"]["rag"]["last"]["lo"] is None
     assert main([str(tmp_path / "nothing-here")]) == 2
 
 

@@ -103,3 +103,19 @@ def test_q_update():
     assert q_update(0.5, 0.5, 0.3) == 0.5
     assert q_update(-0.2, 1.0, 1.0) == 1.0
     np.testing.assert_allclose(q_update(np.array([0.0, 1.0]), 1.0, 0.5), [0.5, 1.0])
+
+
+def test_a_failed_episode_writes_its_memory_at_q_init_failure():
+    """memory.q_init_failure: the writing episode counts as a first failed use; null keeps the published Q_init."""
+    from types import SimpleNamespace
+
+    from cluster.config import MemoryConfig
+    from memory_server.client import MemoryClient
+
+    prior = SimpleNamespace(cfg=MemoryConfig(q_init=0.0, q_init_failure=-0.3))
+    assert MemoryClient.initial_q(prior, won=True) == 0.0 and MemoryClient.initial_q(prior, won=False) == -0.3
+    published = SimpleNamespace(cfg=MemoryConfig(q_init=0.1))
+    assert MemoryClient.initial_q(published, won=False) == 0.1
+    # with q_floor 0 such a memory never reaches the prompt, an untested success does
+    picks, _ = phase_b(np.array([1.0, 1.0, 0.95]), np.array([-0.3, 0.0, -0.3]), lam=0.5, k2=1, q_floor=0.0)
+    assert picks.tolist() == [1]

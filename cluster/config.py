@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -331,8 +332,12 @@ def _strip_optional(tp: Any) -> Any:
     return args[0]
 
 
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints widen to float, nothing else is coerced."""
+    """Check ``value`` against the annotation ``tp``; ints widen to float, exponent notation without a dot
+    (``1e-3``, a string to YAML 1.1) reads as a float; nothing else is coerced."""
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if _is_optional(tp):
@@ -353,6 +358,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return {_convert(k, kt, f"{path} key"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT.match(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{path} = {value!r}: expected {_type_name(tp)}, got {type(value).__name__}")

@@ -1,7 +1,7 @@
 """The quickstart's learning loop: the mode comparison writes its table and plot, and utilities learn from rewards.
 
-- A short ``run.modes: [none, rag, memrl, lora]`` run through the real driver (2 epochs, a held-out game) prints
-  the table and leaves ``comparison.{md,png,json}``, one run folder per mode, the held-out episodes (memory frozen)
+- A short ``run.modes: [none, rag, memrl, lora]`` run through the real driver (2 epochs, groups of 2 episodes per
+  game, a held-out game) prints the table and leaves ``comparison.{md,png,json}``, one run folder per mode, the held-out episodes (memory frozen)
   and the learner's adapters: weight updates toggled by config alone.
 - In memrl mode on the shared engine, with each game's memory seeded with the right walkthrough and another game's
   (both under the game's own intent, so similarity cannot tell them apart), the memories that were injected into
@@ -31,7 +31,8 @@ def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: 
     args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
             *[a for o in (f"run.output_dir={tmp_path}", "run.name=q", "rollout.epochs=2", f"env.task_seeds={GROUP[:2]}",
                           "env.heldout_seeds=[1029]", "env.max_steps=4", "run.modes=[none,rag,memrl,lora]",
-                          "learner.batch_size=2") for a in ("--set", o)]]
+                          "learner.batch_size=2", "rollout.seeds=[0]", "rollout.group_size=2")
+              for a in ("--set", o)]]
     proc = subprocess.run(args, cwd=ROOT, env=env_without_ray, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "q"
@@ -40,12 +41,13 @@ def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: 
         assert [r["epoch"] for r in rows] == [0, 1]
         assert all(r["errors"] == 0 for r in rows)
         held = [json.loads(x) for x in (run / mode / "heldout" / "episodes.jsonl").read_text().splitlines()]
-        assert [e["task_id"].rsplit("/", 1)[1] for e in held] == ["1029"]  # the transfer check ran, memory frozen
-        assert held[0]["written_memory_id"] is None
+        assert [e["task_id"].rsplit("/", 1)[1] for e in held] == ["1029"] * 2  # the transfer check ran (a group
+        assert all(e["written_memory_id"] is None for e in held)  # of 2), memory frozen
         assert f"| {mode} |" in proc.stdout
-    # the learner trained on the lora run's 4 trajectories and its adapters served later episodes
+    # the learner trained on the lora run's 8 trajectories (2 games x 2 epochs x groups of 2) and its adapters
+    # served later episodes
     learner = json.loads((run / "summary.json").read_text())["modes"]["lora"]["learner"]["0"]
-    assert learner["totals"]["trained"] == 4 and learner["version"] >= 1
+    assert learner["totals"]["trained"] == 8 and learner["version"] >= 1
     lora_eps = [json.loads(x) for x in (run / "lora" / "episodes.jsonl").read_text().splitlines()]
     assert (run / "lora" / "learner" / "s0" / "adapters" / "v1").is_dir()
     assert all(e["adapter_versions"] == [0] for e in lora_eps if e["epoch"] == 0)

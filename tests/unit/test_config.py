@@ -154,3 +154,15 @@ def test_train_refuses_to_overwrite_a_run_folder(tmp_path: Path) -> None:
         make_run_dir(cfg, "configs/quickstart.yaml")
     resumed = build({"run": {"output_dir": str(tmp_path), "name": "r", "resume": True}})
     assert make_run_dir(resumed, "configs/quickstart.yaml") == run_dir
+
+
+def test_exponent_notation_without_a_dot_is_a_float_in_files_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` as a string; a float key takes it as the number it means (strings stay errors)."""
+    from cluster.config import load
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 3e-4\n")
+    assert load(str(path), ["memory.q_init=-1E-2"]).learner.lr == 3e-4
+    assert load(str(path), ["learner.lr=1e-3"]).learner.lr == 1e-3
+    with pytest.raises(ConfigError, match="learner.lr = 'fast': expected float"):
+        load(str(path), ["learner.lr=fast"])

@@ -252,11 +252,13 @@ class LearnerConfig:
     micro_batch: int = doc(16, "Sequences (turns) per forward/backward pass; gradients are accumulated over them.")
     checkpoint_interval: int = doc(1, "Learner steps between checkpoints; trajectories are acknowledged in the buffer only once a checkpoint covers them.")
     behav_weight_cap: float | None = doc(None, "Upper bound on the decoupled weight pi_prox/pi_behav per token; null = uncapped.")
+    kl_coef: float = doc(0.0, "Weight of a KL(pi_theta || base model) penalty per token (GRPO's beta; 0 = none, as AReaL). Costs one more forward pass per step.")
+    loss_agg: Literal["token-mean", "trajectory-mean"] = doc("trajectory-mean", "How the loss averages tokens: 'token-mean' weighs every token alike (long failed episodes outweigh short wins); 'trajectory-mean' gives every trajectory the same weight.")
 
     def __post_init__(self) -> None:
         _positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
                   "minibatches", "micro_batch", "checkpoint_interval")
-        _non_negative(self, "max_staleness", "num_gpus", "num_cpus")
+        _non_negative(self, "max_staleness", "num_gpus", "num_cpus", "kl_coef")
         _check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
         _check(bool(self.target_modules), "target_modules", "must name at least one module")
         _check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",

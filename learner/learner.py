@@ -33,7 +33,8 @@ from typing import Any
 
 from cluster.config import LearnerConfig
 from learner.buffer import TrainTrajectory, TrajectoryBuffer
-from learner.losses import decoupled_ppo_loss, group_advantages, staleness_filter, staleness_histogram
+from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, staleness_filter,
+                            staleness_histogram, trajectory_scale)
 
 log = logging.getLogger(__name__)
 HOLD_LIMIT = 4  # batches' worth of trajectories held while waiting for task groups to form
@@ -178,6 +179,7 @@ class Learner:
         t1 = time.perf_counter()
         adv = group_advantages([t.reward for t in trajs], [group_key(t, self.group_size) for t in trajs])
         seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
+        per_traj = trajectory_scale([sum(len(turn.output_ids) for turn in t.turns) for t in trajs], cfg.loss_agg)
         # minibatch mb holds the turns of trajectories ti with ti % minibatches == mb, in micro-batch chunks
         chunks = []
         for mb in range(cfg.minibatches):
@@ -186,6 +188,10 @@ class Learner:
         with torch.no_grad():
             self.model.eval()
             prox = [self._logprobs([seqs[s] for s in rows])[0] for _, rows in chunks]
+            ref = None
+            if cfg.kl_coef > 0:  # the base model: LoRA off
+                with self.model.disable_adapter():
+                    ref = [self._logprobs([seqs[s] for s in rows])[0] for _, rows in chunks]
         timings["prox"] = time.perf_counter() - t1
 
         # 4. decoupled PPO: one AdamW update per minibatch (gradients accumulated over its chunks), grad clipping
@@ -203,8 +209,13 @@ class Learner:
                 rows = chunks[c][1]
                 logp, behav, mask = self._logprobs([seqs[s] for s in rows])
                 a = adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
+                scale = torch.tensor([per_traj[seqs[s][0]] for s in rows], device=self.device)[:, None].expand_as(logp)
                 loss, m = decoupled_ppo_loss(logp, prox[c], behav, a, mask, cfg.clip_eps,
-                                             cfg.behav_weight_cap, num_tokens=n_tokens)
+                                             cfg.behav_weight_cap, num_tokens=n_tokens, token_scale=scale)
+                if ref is not None:  # GRPO's penalty: k3 estimate of KL(pi_theta || pi_ref) per token
+                    kl_ref = kl_to_reference(logp, ref[c], mask * scale)
+                    loss = loss + cfg.kl_coef * kl_ref / n_tokens
+                    sums["kl_ref_sum"] += float(kl_ref.detach())
                 loss.backward()
                 sums["loss"] += float(loss.detach()) / cfg.minibatches
                 for k, v in m.items():
@@ -239,7 +250,7 @@ class Learner:
         metrics = {
             "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": len(drop),
             "sequences": len(seqs), "tokens": int(sums["tokens"]), "loss": sums["loss"],
-            "kl_behav": sums["kl_sum"] / max(sums["tokens"], 1.0), "clip_frac": sums["clipped"] / max(sums["tokens"], 1.0),
+            "kl_behav": sums["kl_sum"] / max(sums["tokens"], 1.0), "kl_ref": sums["kl_ref_sum"] / max(sums["tokens"], 1.0), "clip_frac": sums["clipped"] / max(sums["tokens"], 1.0),
             "behav_weight": sums["weight_sum"] / max(sums["tokens"], 1.0), "grad_norm": max(grad_norms or [0.0]),
             "advantage_abs": float(adv.abs().mean()), "reward_mean": sum(t.reward for t in trajs) / len(trajs),
             "staleness": staleness_histogram([t.version for t in trajs], self.version - publish),

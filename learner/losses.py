@@ -9,6 +9,8 @@ Owns nothing stateful; every function is unit-tested with hand-computed cases (t
   version that sampled it), pi_prox the policy at the start of this learner step (no grad) and pi_theta the
   policy being trained: r = pi_theta / pi_prox, w = pi_prox / pi_behav (detached, optionally capped),
   loss = - sum_t w_t * min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t) / number of tokens.
+- ``kl_to_reference``: GRPO's penalty keeping the policy near the base model (``learner.kl_coef``).
+- ``trajectory_scale``: how the loss aggregates tokens: every token alike, or every trajectory alike.
 - ``staleness_filter``: keep a trajectory only if current_version - its version <= eta.
 """
 
@@ -38,28 +40,52 @@ def group_advantages(rewards: Sequence[float] | torch.Tensor, groups: Sequence[s
 def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor,
                        advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float,
                        behav_weight_cap: float | None = None, num_tokens: float | None = None,
+                       token_scale: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The decoupled PPO loss over the tokens where ``mask`` is 1 (all tensors the same shape).
 
     ``num_tokens`` divides the sum (default: ``mask.sum()``); pass the whole batch's token count when the batch
-    is split into micro-batches so that their losses add up to the batch's mean. Metrics are sums over this
-    call's tokens (``tokens``, ``kl_sum``, ``clipped``, ``weight_sum``), to be added up by the caller.
+    is split into micro-batches so that their losses add up to the batch's mean. ``token_scale`` (same shape)
+    multiplies each token's term: ``trajectory_scale`` gives every trajectory the same total weight. Metrics are
+    sums over this call's tokens (``tokens``, ``kl_sum``, ``clipped``, ``weight_sum``), to be added up by the
+    caller.
     """
     mask = mask.to(logp.dtype)
     n = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
+    scale = mask if token_scale is None else mask * token_scale.to(logp.dtype)
     logp_prox, logp_behav = logp_prox.detach(), logp_behav.detach()
     ratio = torch.exp(logp - logp_prox)
     weight = torch.exp(logp_prox - logp_behav)
     if behav_weight_cap is not None:
         weight = weight.clamp(max=behav_weight_cap)
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
-    loss = -(weight * surrogate * mask).sum() / n.clamp(min=1)
+    loss = -(weight * surrogate * scale).sum() / n.clamp(min=1)
     with torch.no_grad():
         d = logp - logp_behav  # log(pi_theta / pi_behav); k3 estimator of KL(behav || theta) = e^d - 1 - d
         kl = (torch.exp(d) - 1 - d) * mask
         clipped = ((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask
         metrics = {"tokens": mask.sum(), "kl_sum": kl.sum(), "clipped": clipped.sum(), "weight_sum": (weight * mask).sum()}
     return loss, metrics
+
+
+def kl_to_reference(logp: torch.Tensor, logp_ref: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over tokens of the k3 estimate of KL(pi_theta || pi_ref): e^(ref - logp) - (ref - logp) - 1
+    (>= 0, zero when the policies agree; gradients flow through ``logp``)."""
+    d = logp_ref.detach() - logp
+    return ((torch.exp(d) - d - 1) * weight).sum()
+
+
+def trajectory_scale(tokens_per_trajectory: Sequence[int], mode: str) -> list[float]:
+    """Per-token weight of each trajectory's tokens under the loss aggregation ``mode``, for a loss divided by the
+    batch's token count: 'token-mean' weighs every token alike (1.0), so long trajectories weigh more;
+    'trajectory-mean' gives each trajectory the same total weight (mean tokens / its tokens): with rewards only
+    at the end, long failed episodes then do not outweigh short wins within a group."""
+    if mode == "token-mean":
+        return [1.0] * len(tokens_per_trajectory)
+    if mode != "trajectory-mean":
+        raise ValueError(f"unknown loss aggregation {mode!r}; expected 'token-mean' or 'trajectory-mean'")
+    mean = sum(tokens_per_trajectory) / max(len(tokens_per_trajectory), 1)
+    return [mean / n if n else 0.0 for n in tokens_per_trajectory]
 
 
 def staleness_filter(versions: Sequence[int], current_version: int, max_staleness: int) -> tuple[list[int], list[int]]:

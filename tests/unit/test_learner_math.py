@@ -193,3 +193,36 @@ def test_with_groups_a_batch_takes_whole_task_epoch_groups() -> None:
     assert group_key(t("a", 3), 2) == "a@3" and group_key(t("a", 3), 1) == "a"
     adv = group_advantages([1.0, -1.0, 1.0, 1.0], [group_key(x, 2) for x in (t("a", 0), t("a", 0), t("a", 1), t("a", 1))])
     assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], abs=1e-5)  # no signal in an all-win group
+
+
+def test_trajectory_mean_gives_every_trajectory_the_same_weight() -> None:
+    """A won episode of 2 tokens (A = +1) and a failed one of 6 tokens (A = -1), at ratio 1 and weight 1: the
+    token mean is (2 - 6) / 8 = -0.5 in favour of the failure; the trajectory mean is balanced (0)."""
+    from learner.losses import trajectory_scale
+
+    assert trajectory_scale([2, 6], "token-mean") == [1.0, 1.0]
+    assert trajectory_scale([2, 6], "trajectory-mean") == pytest.approx([2.0, 2 / 3])  # mean 4 / own tokens
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        trajectory_scale([1], "sum")
+    logp = torch.zeros(2, 6)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.float32)
+    adv = torch.tensor([[1.0] * 6, [-1.0] * 6])
+    token, _ = decoupled_ppo_loss(logp, logp, logp, adv, mask, clip_eps=0.2)
+    assert float(token) == pytest.approx(0.5)  # loss = -mean(A): the failure dominates
+    scale = torch.tensor([[2.0] * 6, [2 / 3] * 6])
+    per_traj, m = decoupled_ppo_loss(logp, logp, logp, adv, mask, clip_eps=0.2, token_scale=scale)
+    assert float(per_traj) == pytest.approx(0.0, abs=1e-6) and float(m["tokens"]) == 8  # metrics count tokens
+
+
+def test_kl_to_reference_is_zero_at_the_reference_and_pulls_back_towards_it() -> None:
+    from learner.losses import kl_to_reference
+
+    ref = torch.log(torch.tensor([[0.5, 0.25]]))
+    w = torch.ones(1, 2)
+    assert float(kl_to_reference(ref.clone(), ref, w)) == pytest.approx(0.0, abs=1e-7)
+    # d = ref - logp = log 2 at one token: e^d - d - 1 = 2 - 0.693147 - 1
+    logp = torch.log(torch.tensor([[0.25, 0.25]])).requires_grad_()
+    kl = kl_to_reference(logp, ref, w)
+    assert float(kl) == pytest.approx(1 - math.log(2), abs=1e-6)
+    kl.backward()
+    assert logp.grad[0, 0] < 0 and logp.grad[0, 1] == 0  # descending raises the token the policy under-weights

@@ -1,9 +1,10 @@
 """The memory client/router that rollout actors call: scatter retrievals to shards, merge, Phase B; add; feedback.
 
-Owns: embedding the query, calling every shard's Phase A in parallel with a deadline, merging the global
-top-k1 by similarity, Phase B over the merged pool (``scoring.phase_b``), routing new memories to their
-shard, and sending reward events to the per-shard Redis streams (durable the moment XADD returns, so a
-shard that is down applies them when it is back). ``start_shards`` makes the shard actors.
+Owns: embedding the query (cached per text: a task's intent is embedded once), calling every shard's Phase A in
+parallel with a deadline, merging the global top-k1 by similarity, Phase B over the merged pool
+(``scoring.phase_b``), routing new memories to their shard, and sending reward events to the per-shard Redis
+streams (durable the moment XADD returns, so a shard that is down applies them when it is back).
+``start_shards`` makes the shard actors.
 
     shards = start_shards(cfg.memory, redis_url)                     # Ray actors, restarted if they die
     mem = MemoryClient(shards, redis_url, cfg.memory, embedder)
@@ -16,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +67,9 @@ def select(pool: list[tuple[float, MemoryRecord]], *, lam: float, k2: int, q_flo
     return [pool[i][1] for i in idx], [float(s) for s in scores], [float(sims[i]) for i in idx]
 
 
+EMBED_CACHE = 4096  # texts whose embeddings a client keeps
+
+
 class MemoryClient:
     """Retrieval, writes and reward events against a set of shard actors (Ray handles)."""
 
@@ -73,13 +78,28 @@ class MemoryClient:
         self.shards, self.cfg, self.embedder = list(shards), cfg, embedder
         self.redis = redis.Redis.from_url(redis_url)
         self.rng = np.random.default_rng(seed)
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> embedding, least recently used first
+        self._vectors_lock = threading.Lock()  # embed runs in worker threads (asyncio.to_thread)
 
     def embed(self, query: str | np.ndarray) -> np.ndarray:
-        if isinstance(query, str):
-            if self.embedder is None:
-                raise ValueError("this MemoryClient has no embedder: pass vectors, or give it one")
-            return self.embedder.encode([query])[0]
-        return check_embedding(query)
+        """The query's embedding; texts are cached (``EMBED_CACHE`` most recent): a task's intent is embedded once
+        for all its retrievals and writes, not twice per episode."""
+        if not isinstance(query, str):
+            return check_embedding(query)
+        if self.embedder is None:
+            raise ValueError("this MemoryClient has no embedder: pass vectors, or give it one")
+        with self._vectors_lock:
+            vec = self._vectors.get(query)
+            if vec is not None:
+                self._vectors.move_to_end(query)
+                return vec
+        vec = self.embedder.encode([query])[0]
+        vec.setflags(write=False)  # shared by every caller of the cache
+        with self._vectors_lock:
+            self._vectors[query] = vec
+            if len(self._vectors) > EMBED_CACHE:
+                self._vectors.popitem(last=False)
+        return vec
 
     async def retrieve(self, query: str | np.ndarray, *, k1: int | None = None, k2: int | None = None,
                        delta: float | None = None, lam: float | None = None, episode_id: str | None = None,

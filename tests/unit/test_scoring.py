@@ -119,3 +119,25 @@ def test_a_failed_episode_writes_its_memory_at_q_init_failure():
     # with q_floor 0 such a memory never reaches the prompt, an untested success does
     picks, _ = phase_b(np.array([1.0, 1.0, 0.95]), np.array([-0.3, 0.0, -0.3]), lam=0.5, k2=1, q_floor=0.0)
     assert picks.tolist() == [1]
+
+
+def test_the_client_embeds_a_text_once_and_shares_a_read_only_vector():
+    from types import SimpleNamespace
+
+    from cluster.config import MemoryConfig
+    from memory_server import client as client_mod
+
+    calls = []
+
+    class Embedder:
+        def encode(self, texts):
+            calls.append(list(texts))
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    me = SimpleNamespace(cfg=MemoryConfig(), embedder=Embedder(), _vectors=client_mod.OrderedDict(),
+                         _vectors_lock=client_mod.threading.Lock())
+    a = client_mod.MemoryClient.embed(me, "go to the kitchen")
+    b = client_mod.MemoryClient.embed(me, "go to the kitchen")
+    assert a is b and calls == [["go to the kitchen"]] and not a.flags.writeable
+    client_mod.MemoryClient.embed(me, "another task")
+    assert len(calls) == 2

@@ -9,8 +9,8 @@ games once with its memory and adapter frozen. Writes the run folder (``comparis
 metrics) and a JSON summary: the command, per-seed results, intervals, paired differences, and the learner's
 per-step metrics (advantages, KL to the behaviour policy, reward) of each LoRA mode and seed.
 
-    python -m benchmarks.learning --modes none,rag,memrl,lora,memory+lora --out runs/bench/learning.json
-    python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13,14
+    python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, the quickstart's 4 seeds
+    python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def learner_steps(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="epiq bench learning", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/quickstart.yaml")
-    p.add_argument("--modes", default="none,rag,memrl")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
+    p.add_argument("--seeds", default="0,1,2,3", help="run seeds (the quickstart's four)")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
     p.add_argument("--heldout", default=None, help="held-out game seeds ('' = none; default: the quickstart's "
                                                    "groups 6-10, or the task set's)")

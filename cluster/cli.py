@@ -5,7 +5,7 @@
     epiq config --reference                                          # every key, type, default and doc (markdown)
     epiq memory stats|top|export|import|snapshot|rollback ...         # see memory_server/cli.py
     epiq bench memory|rollout|learning|lora [...]                    # see benchmarks/<name>.py
-    epiq report RUN_DIR [RUN_DIR ...] [--out DIR]                      # compare runs: table + plot (cluster/report.py)
+    epiq report RUN_DIR [RUN_DIR ...] [--out DIR]                      # compare runs: intervals, differences, plot
 
 Config errors exit with code 2 and one line on stderr.
 """
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help of each)")
 
-    p = sub.add_parser("report", help="compare run folders: table and plot of success and CSR")
+    p = sub.add_parser("report", help="compare run folders: intervals over seeds, paired differences, plot")
     p.add_argument("report_args", nargs=argparse.REMAINDER, help="run folders and options (see epiq report -h)")
 
     p = sub.add_parser("config", help="validate a config and print it resolved")

@@ -225,7 +225,8 @@ def write_report(runs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="epiq report", description="Compare runs: table and plot of success and CSR.")
+    p = argparse.ArgumentParser(prog="epiq report", description="Compare runs: Last, CSR, held-out and forgetting "
+                                "with 95% intervals over seeds, paired differences, and a plot.")
     p.add_argument("run_dirs", nargs="+", type=Path, help="run folders (a run.modes folder expands into its modes)")
     p.add_argument("--out", type=Path, default=None, help="where to write comparison.{md,png,json} (default: the "
                                                           "single run folder given, else the current folder)")

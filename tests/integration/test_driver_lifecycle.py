@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 def _driver(run_root: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
-            "--set", f"run.output_dir={run_root}", "--set", "run.name=r", *[a for o in overrides for a in ("--set", o)]]
+            "--set", f"run.output_dir={run_root}", "--set", "run.name=r",
+            *[a for o in ("rollout.seeds=[0]", "rollout.group_size=1", *overrides) for a in ("--set", o)]]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -71,7 +71,7 @@ def test_q_of_memories_that_led_to_failures_ends_below_those_that_led_to_success
     from memory_server.store import MemoryStore
 
     asyncio.run(llm_pool.publish_adapter(0, ""))  # the shared engine serves the base model (frozen LLM)
-    cfg = mode_config(load(ROOT / "configs/quickstart.yaml", [f"env.task_seeds={GROUP}", "rollout.epochs=3",
+    cfg = mode_config(load(ROOT / "configs/quickstart.yaml", [f"env.task_seeds={GROUP}", "rollout.epochs=3", "rollout.seeds=[0]", "rollout.group_size=1",
                                                                "llm.temperature=0", f"run.cache_dir={ROOT / '.cache'}"]),
                       "memrl")
     tasks = task_set(cfg.env)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 def train(config: str, run_root: Path, *overrides: str) -> list[str]:
     """A short `python -m cluster.train` run; absolute paths, as the job runs in Ray's copy of the working dir."""
     sets = [f"run.output_dir={run_root}", "run.name=r", f"run.cache_dir={ROOT / '.cache'}",  # the built model is reused
-            "rollout.epochs=1", "env.task_seeds=[]", "env.num_tasks=2", "env.max_steps=3", "run.modes=[]", *overrides]
+            "rollout.epochs=1", "env.task_seeds=[]", "env.num_tasks=2", "env.max_steps=3", "run.modes=[]",
+            "rollout.seeds=[0]", "rollout.group_size=1", *overrides]
     return ["python", "-m", "cluster.train", "--config", config, *[a for o in sets for a in ("--set", o)]]
 
 

@@ -53,8 +53,9 @@ def _leftovers(info: dict) -> list[str]:
 
 def test_short_quickstart_runs_end_to_end_and_stops_services(tmp_path: Path, env_without_ray: dict) -> None:
     """The real entry point, a short TextWorld run: vLLM engine, memory shard, rollout actor, metrics written."""
+    # no Q floor: with 4 steps every episode fails, and failure memories start below the quickstart's floor
     proc = _driver(tmp_path, env_without_ray, "rollout.epochs=2", "env.task_seeds=[]", "env.num_tasks=2",
-                   "env.max_steps=4", "run.modes=[]")
+                   "env.max_steps=4", "run.modes=[]", "memory.q_floor=null")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert "epiq: services healthy" in out and "epiq: done: Last" in out and "epiq: services stopped" in out

@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cluster.stats import CONFIDENCE, Interval, interval, paired
+from cluster.stats import CONFIDENCE, interval, paired
 
 METRICS = ("last", "csr", "heldout", "forgetting")
 NAMES = {"last": "Last", "csr": "CSR", "heldout": "held-out (frozen)", "forgetting": "forgetting"}
@@ -76,10 +76,6 @@ def forgetting(episodes: list[dict], last_epoch: int) -> float:
     return len(before - last) / len(before)
 
 
-def _iv(iv: Interval) -> dict[str, Any]:
-    return iv.as_dict()
-
-
 def aggregate(run_dir: Path) -> dict[str, Any]:
     """One run over its seeds: per-epoch success and CSR (mean and 95% interval), and per seed and over seeds
     Last, CSR, held-out success and forgetting."""
@@ -108,7 +104,7 @@ def aggregate(run_dir: Path) -> dict[str, Any]:
                            "episodes_per_epoch": by[(seeds[0], epochs[0])].get("episodes") if rows else None,
                            "per_seed": per_seed, "episodes_per_s": interval([r["episodes_per_s"] for r in rows]).mean}
     for m, values in per_seed.items():
-        out[m] = _iv(interval(list(values.values())))
+        out[m] = interval(list(values.values())).as_dict()
     return out
 
 
@@ -122,7 +118,7 @@ def differences(result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             if m in result[a]["per_seed"] and m in result[b]["per_seed"]:
                 iv = paired(result[a]["per_seed"][m], result[b]["per_seed"][m])
-                out.append({"a": a, "b": b, "metric": m, **_iv(iv)})
+                out.append({"a": a, "b": b, "metric": m, **iv.as_dict()})
     return out
 
 

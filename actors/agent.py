@@ -1,25 +1,56 @@
 """The agent: one async episode — retrieve, prompt, act, step, reward, feedback, write a memory — as a typed result.
 
-Owns: ``run_episode`` (the unit of work of a rollout actor) and the typed episode records (``EpisodeSpec``,
-``Turn``, ``Trajectory``). Prompt layouts, action parsing and experience texts are in ``actors.prompting``.
+Owns: ``run_episode`` (the unit of work of a rollout actor), ``EpisodeSettings`` (the few config values an
+episode reads, built from the llm / env / agent / memory sections) and the typed episode records
+(``EpisodeSpec``, ``Turn``, ``Trajectory``). It is written against the contracts of ``actors.contracts``
+(``LLMClient``, ``MemoryAPI``); prompt layouts, action parsing and experience texts are in ``actors.prompting``.
 No blocking calls: environments run in threads, the LLM and the memory are awaited.
 
-    traj = await run_episode(spec, env, llm, memory, cfg)      # Trajectory(won, reward, turns, retrieved_ids, ...)
+    settings = EpisodeSettings.from_sections(cfg.llm, cfg.env, cfg.agent, cfg.memory)
+    traj = await run_episode(spec, env, llm, memory, settings)   # Trajectory(won, reward, turns, retrieved_ids, ...)
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from actors.contracts import LLMClient, MemoryAPI
 from actors.prompting import build_prompt, experience_text, parse_action, reflection_prompt
-from cluster.config import Config
+from common.timer import Timer
+
+if TYPE_CHECKING:
+    from actors.config import AgentConfig, EnvConfig, LLMConfig
+    from actors.envs.base import AsyncEnv
+    from memory_server.config import MemoryConfig
 
 
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What one episode reads from the config; ``from_sections`` builds it from the sections that own the values."""
+
+    style: str  # prompt layout: 'plan' | 'full' (agent.prompt_style resolved for the model)
+    max_steps: int  # env.max_steps
+    history: int = 4  # agent.history
+    max_new_tokens: int = 16  # llm.max_new_tokens
+    temperature: float = 0.0  # llm.temperature
+    top_p: float = 1.0  # llm.top_p
+    prompt_budget: int = 1000  # prompt tokens: llm.max_model_len - max_new_tokens - 8
+    reward_success: float = 1.0  # memory.reward_success
+    reward_failure: float = -1.0  # memory.reward_failure
+    experience_writer: str = "template"  # agent.experience_writer
+    reflection_tokens: int = 48  # agent.reflection_tokens
+    env_name: str = ""  # env.name, recorded in a memory's provenance
+    model_id: str = ""  # llm.model, recorded in a memory's provenance
+
+    @classmethod
+    def from_sections(cls, llm: LLMConfig, env: EnvConfig, agent: AgentConfig, memory: MemoryConfig) -> EpisodeSettings:
+        return cls(style=agent.style_for(llm.model), max_steps=env.max_steps, history=agent.history,
+                   max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, top_p=llm.top_p,
+                   prompt_budget=llm.max_model_len - llm.max_new_tokens - 8, reward_success=memory.reward_success,
+                   reward_failure=memory.reward_failure, experience_writer=agent.experience_writer,
+                   reflection_tokens=agent.reflection_tokens, env_name=env.name, model_id=llm.model)
 
 
 @dataclass
@@ -81,79 +112,73 @@ class Trajectory:
         return {k: v for k, v in self.__dict__.items() if k != "turns"}
 
 
-async def run_episode(spec: EpisodeSpec, env: Any, llm: Any, memory: Any | None, cfg: Config,
-                      count_tokens: Callable[[str], int] = lambda s: len(s) // 4 + 1,
-                      model_id: str = "", writer: str = "") -> Trajectory:
+async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: MemoryAPI | None,
+                      settings: EpisodeSettings, count_tokens: Callable[[str], int] = lambda s: len(s) // 4 + 1,
+                      writer: str = "") -> Trajectory:
     """Play one episode of ``spec.task`` and learn from it (memory feedback + a new memory) unless ``spec.learn`` is off."""
     traj = Trajectory(spec.episode_id, spec.task.task_id, spec.epoch, spec.seed, spec.sample)
-    t_start = time.perf_counter()
-    timings = {"env": 0.0, "llm": 0.0, "memory": 0.0}
-    style = cfg.agent.style_for(cfg.llm.model)
+    timer = Timer("env", "llm", "memory")
+    st = settings
     try:
-        t0 = time.perf_counter()
-        obs = await env.reset(spec.task)
-        timings["env"] += time.perf_counter() - t0
+        with timer("total"):
+            with timer("env"):
+                obs = await env.reset(spec.task)
 
-        # 1. retrieve experiences for the task's intent
-        experiences: list[str] = []
-        if memory is not None:
-            t0 = time.perf_counter()
-            got = await memory.retrieve(obs.intent, episode_id=spec.episode_id)
-            timings["memory"] += time.perf_counter() - t0
-            shown = 1 if style == "plan" else len(got.records)  # the plan layout shows the best experience only:
-            experiences = [r.experience for r in got.records[:shown]]  # only what the model saw gets the reward
-            traj.retrieved_ids, traj.retrieval_scores = got.ids[:shown], got.scores[:shown]
-            traj.retrieval_pool, traj.memory_version = len(got.pool), got.memory_version
+            # 1. retrieve experiences for the task's intent
+            experiences: list[str] = []
+            if memory is not None:
+                with timer("memory"):
+                    got = await memory.retrieve(obs.intent, episode_id=spec.episode_id)
+                shown = 1 if st.style == "plan" else len(got.records)  # the plan layout shows the best experience
+                experiences = [r.experience for r in got.records[:shown]]  # only: only what the model saw is rewarded
+                traj.retrieved_ids, traj.retrieval_scores = got.ids[:shown], got.scores[:shown]
+                traj.retrieval_pool, traj.memory_version = len(got.pool), got.memory_version
 
-        # 2. act until done or out of steps
-        history: list[tuple[str, str]] = []
-        observation, admissible, done, won = obs.text, obs.admissible_actions, False, False
-        for step_no in range(cfg.env.max_steps):
-            prompt = build_prompt(style, obs.goal, observation, admissible, experiences,
-                                  history[-cfg.agent.history:] if cfg.agent.history else [], count_tokens,
-                                  cfg.llm.max_model_len - cfg.llm.max_new_tokens - 8, step=step_no)
-            t0 = time.perf_counter()
-            gen = await llm.generate(prompt, max_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
-                                     top_p=cfg.llm.top_p, stop=["\n"])
-            timings["llm"] += time.perf_counter() - t0
-            action = parse_action(gen.text, admissible)
-            t0 = time.perf_counter()
-            step = await env.step(action)
-            timings["env"] += time.perf_counter() - t0
-            traj.turns.append(Turn(gen.prompt_token_ids, gen.output_token_ids, gen.logprobs, gen.adapter_version, action,
-                                   step.observation))
-            traj.generated_tokens += len(gen.output_token_ids)
-            traj.actions.append(action)
-            history.append((action, step.observation))
-            observation, admissible, done, won = step.observation, step.admissible_actions, step.done, step.won
-            if done:
-                break
-        traj.won, traj.steps = bool(won), len(traj.actions)
-        traj.reward = cfg.memory.reward_success if traj.won else cfg.memory.reward_failure
-        traj.adapter_versions = sorted({t.adapter_version for t in traj.turns})
+            # 2. act until done or out of steps
+            history: list[tuple[str, str]] = []
+            observation, admissible, won = obs.text, obs.admissible_actions, False
+            for step_no in range(st.max_steps):
+                prompt = build_prompt(st.style, obs.goal, observation, admissible, experiences,
+                                      history[-st.history:] if st.history else [], count_tokens, st.prompt_budget,
+                                      step=step_no)
+                with timer("llm"):
+                    gen = await llm.generate(prompt, max_tokens=st.max_new_tokens, temperature=st.temperature,
+                                             top_p=st.top_p, stop=["\n"])
+                action = parse_action(gen.text, admissible)
+                with timer("env"):
+                    step = await env.step(action)
+                traj.turns.append(Turn(gen.prompt_token_ids, gen.output_token_ids, gen.logprobs, gen.adapter_version,
+                                       action, step.observation))
+                traj.generated_tokens += len(gen.output_token_ids)
+                traj.actions.append(action)
+                history.append((action, step.observation))
+                observation, admissible, won = step.observation, step.admissible_actions, step.won
+                if step.done:
+                    break
+            traj.won, traj.steps = bool(won), len(traj.actions)
+            traj.reward = st.reward_success if traj.won else st.reward_failure
+            traj.adapter_versions = sorted({t.adapter_version for t in traj.turns})
 
-        # 3. learn: reward the injected memories, write this episode as a new memory
-        if memory is not None and spec.learn:
-            t0 = time.perf_counter()
-            if traj.retrieved_ids:
-                await asyncio.to_thread(memory.feedback, spec.episode_id, traj.retrieved_ids, traj.reward,
-                                        adapter_version=max(traj.adapter_versions or [0]))
-            lesson = ""
-            if not traj.won and cfg.agent.experience_writer == "llm":
-                t1 = time.perf_counter()
-                gen = await llm.generate(reflection_prompt(obs.goal, traj.actions, observation),
-                                         max_tokens=cfg.agent.reflection_tokens, temperature=0.0, stop=["\n"])
-                timings["llm"] += time.perf_counter() - t1
-                lesson = gen.text
-            traj.written_memory_id = await memory.write_episode(
-                episode_id=spec.episode_id, intent=obs.intent,
-                experience=experience_text(traj.won, traj.actions, obs.goal, observation, lesson=lesson),
-                won=traj.won, task_id=spec.task.task_id, env=cfg.env.name, model_id=model_id,
-                adapter_version=max(traj.adapter_versions or [0]), writer=writer, retrieved_ids=traj.retrieved_ids)
-            timings["memory"] += time.perf_counter() - t0
+            # 3. learn: reward the injected memories, write this episode as a new memory
+            if memory is not None and spec.learn:
+                version = max(traj.adapter_versions or [0])
+                lesson = ""
+                if not traj.won and st.experience_writer == "llm":
+                    with timer("llm"):
+                        gen = await llm.generate(reflection_prompt(obs.goal, traj.actions, observation),
+                                                 max_tokens=st.reflection_tokens, temperature=0.0, stop=["\n"])
+                    lesson = gen.text
+                with timer("memory"):
+                    if traj.retrieved_ids:
+                        await memory.feedback(spec.episode_id, traj.retrieved_ids, traj.reward,
+                                              adapter_version=version)
+                    traj.written_memory_id = await memory.write_episode(
+                        episode_id=spec.episode_id, intent=obs.intent,
+                        experience=experience_text(traj.won, traj.actions, obs.goal, observation, lesson=lesson),
+                        won=traj.won, task_id=spec.task.task_id, env=st.env_name, model_id=st.model_id,
+                        adapter_version=version, writer=writer, retrieved_ids=traj.retrieved_ids)
     except Exception as e:  # translate: the episode fails with its reason, the actor goes on
         traj.error = f"{type(e).__name__}: {e}"
         traj.won = False
-    timings["total"] = time.perf_counter() - t_start
-    traj.timings = {k: round(v, 4) for k, v in timings.items()}
+    traj.timings = timer.as_dict()
     return traj

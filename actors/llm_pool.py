@@ -1,14 +1,14 @@
 """The inference pool: vLLM engines (one per Ray actor) and the client that balances requests over them.
 
 Owns: ``LLMEngine`` — a plain class holding one async vLLM engine (``AsyncLLM``) built from ``LLMConfig``,
-bound to its own CPU cores on CPU, serving the newest published LoRA adapter; ``GenerationResult`` — what one
-request returns (text, token ids, per-token logprobs, the adapter version that served it); ``LLMPool`` — the
-client over the engine actors (least outstanding requests first); ``start_pool`` — wiring the actors.
+bound to its own CPU cores on CPU, serving the newest published LoRA adapter; ``LLMPool`` — the client over the
+engine actors (least outstanding requests first; an ``LLMClient`` of ``actors.contracts``, returning its
+``GenerationResult``). The driver makes engines into Ray actors (``cluster.wiring.start_pool``).
 
 An adapter version is bound when a request starts: ``publish_adapter`` changes what *new* requests use,
 requests already running finish on their version. Version 0 is the base model.
 
-    pool = start_pool(cfg.llm, resolve_model(cfg.llm.model, cache_dir))      # needs ray.init() first
+    pool = cluster.wiring.start_pool(cfg.llm, model_path)      # the driver's wiring; needs ray.init() first
     result = await pool.generate("go north", max_tokens=8)
     await pool.publish_adapter(1, "/path/to/adapter"); await pool.shutdown()
 """
@@ -20,25 +20,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cluster.config import LLMConfig
+from actors.config import LLMConfig
+from actors.contracts import GenerationResult
 
 MAX_CONCURRENCY = 1024  # requests one engine actor accepts at once (vLLM batches them)
-
-
-@dataclass
-class GenerationResult:
-    """One finished request; plain lists and scalars, so it travels cheaply between Ray processes."""
-
-    text: str
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
-    logprobs: list[float]  # log-probability of each sampled token (vLLM raw logprobs)
-    adapter_version: int  # 0 = base model
-    finish_reason: str | None = None  # 'stop' | 'length' | None
 
 
 def engine_cores(index: int, cpus_per_engine: int, available: list[int] | None = None) -> list[int]:
@@ -50,12 +37,8 @@ def engine_cores(index: int, cpus_per_engine: int, available: list[int] | None =
 class LLMEngine:
     """One vLLM ``AsyncLLM`` plus the current adapter version. A plain class: Ray makes it an actor."""
 
-    def __init__(self, cfg: LLMConfig, model_path: str, index: int = 0, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: LLMConfig, model_path: str, index: int = 0) -> None:
         self.cfg, self.model_path, self.index = cfg, model_path, index
-        if cache_dir is not None:
-            from cluster.services import redirect_caches
-
-            redirect_caches(Path(cache_dir))
         self._rpc_dir: str | None = None
         if "VLLM_RPC_BASE_PATH" not in os.environ:  # vLLM's ZMQ socket files, otherwise loose in /tmp
             self._rpc_dir = os.environ["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="epiq-vllm-")
@@ -195,18 +178,3 @@ class LLMPool:
         if errors:  # every actor is stopped already; still say that an engine failed to shut down cleanly
             raise errors[0]
 
-
-def start_pool(cfg: LLMConfig, model_path: str, cache_dir: str | None = None, timeout_s: float = 600.0) -> LLMPool:
-    """Start ``cfg.engines`` engine actors and wait until each has served one request (needs Ray running)."""
-    import ray
-
-    actor = ray.remote(LLMEngine).options(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
-                                          resources=dict(cfg.resources), max_concurrency=MAX_CONCURRENCY)
-    handles = [actor.remote(cfg, model_path, i, cache_dir) for i in range(cfg.engines)]
-    try:
-        ray.get([h.generate.remote("warm up", 1) for h in handles], timeout=timeout_s)  # first request costs ~1 s
-    except BaseException:  # do not leave half a pool running
-        for h in handles:
-            ray.kill(h)
-        raise
-    return LLMPool(handles)

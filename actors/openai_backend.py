@@ -1,7 +1,7 @@
 """The second LLM backend (``llm.backend: openai``): any OpenAI-compatible completions endpoint, memory-only mode.
 
 Owns: ``OpenAIClient`` — an async client with the same ``generate`` / ``publish_adapter`` / ``health`` /
-``shutdown`` surface as ``actors.llm_pool.LLMPool``, returning the same ``GenerationResult``; ``OpenAIBackendError``
+``shutdown`` surface as ``actors.llm_pool.LLMPool`` (the ``LLMClient`` contract of ``actors.contracts``), returning the same ``GenerationResult``; ``OpenAIBackendError``
 — a failure that names the URL; ``best_choice`` — mapping free text onto one of the allowed choices.
 
 It posts the raw prompt (text or token ids) to ``<base_url>/completions``; the agent builds its own prompt, so no
@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from actors.llm_pool import GenerationResult
-from cluster.config import LLMConfig
+from actors.contracts import GenerationResult
+from actors.config import LLMConfig
 
 PLACEHOLDER_KEY = "EMPTY"  # sent when the key variable is unset: local servers (vLLM, llama.cpp) accept anything
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -161,8 +161,9 @@ class OpenAIClient:
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
                        top_p: float = 1.0, stop: list[str] | None = None,
-                       choices: list[str] | None = None) -> GenerationResult:
+                       choices: list[str] | None = None, min_tokens: int = 0) -> GenerationResult:
         """One completion. ``choices``: the returned text is exactly one of them (see the module docstring).
+        ``min_tokens`` (vLLM servers only; ignored elsewhere) suppresses the end until that many tokens are out.
 
         ``logprobs`` holds one log-probability per generated token when the server returns them, else ``[]``;
         ``prompt_token_ids`` / ``output_token_ids`` are filled on vLLM, else ``[]`` (for a token-id prompt the
@@ -181,6 +182,8 @@ class OpenAIClient:
             body["logprobs"] = 1
         if server.vllm:
             body.update(return_token_ids=True, return_tokens_as_token_ids=True)
+            if min_tokens:
+                body["min_tokens"] = min_tokens
         if choices:
             choices = list(choices)
             # vLLM's grammar admits a choice spelled one byte per token: leave room for that plus the end token

@@ -61,7 +61,7 @@ def game_tasks(num_games: int, seed_base: int = SEED_BASE) -> list[tuple[int, in
 def play_walkthrough(level: int, seed: int, cache_dir: str) -> GameRecord:
     """Generate (or find cached) one game and play its walkthrough, recording every state on the way."""
     from actors.envs.textworld_env import TextWorldEnv, task_set
-    from cluster.config import EnvConfig
+    from actors.config import EnvConfig
 
     cfg = EnvConfig(challenge=CHALLENGE, level=level, task_seed=seed, num_tasks=1, max_steps=100)
     env = TextWorldEnv(cfg, cache_dir)

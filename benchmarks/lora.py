@@ -67,7 +67,7 @@ async def _first_token(pool: Any, prompt: str) -> float:
 
 def bench_publish(pool: Any, llm_cfg: Any, model_path: str, work: Path, publishes: int, reloads: int,
                   cache_dir: str) -> tuple[dict, Any]:
-    from actors.llm_pool import start_pool
+    from cluster.wiring import start_pool
 
     paths = _adapters(model_path, work / "random-adapters", publishes, llm_cfg.max_lora_rank)
     prompt = "You are in a kitchen. There is a coin here. >"
@@ -92,7 +92,7 @@ def bench_publish(pool: Any, llm_cfg: Any, model_path: str, work: Path, publishe
     for _ in range(reloads):
         asyncio.run(pool.shutdown())
         t0 = time.perf_counter()
-        pool = start_pool(llm_cfg, model_path, cache_dir=cache_dir)  # engine start + one warm-up request
+        pool = start_pool(llm_cfg, model_path)  # engine start + one warm-up request
         asyncio.run(pool.generate(prompt, max_tokens=1))
         reload_s.append(time.perf_counter() - t0)
     res = {"publishes": publishes, "versions_served_ok": versions == [1000 + v for v in range(1, publishes + 1)],
@@ -112,10 +112,11 @@ class Rollouts:
 
         self.cfg, self.pool, self.cache_dir = cfg, pool, cache_dir
         self.tasks = task_set(cfg.env, cache_dir)
+        self.settings = EpisodeSettings.from_sections(cfg.llm, cfg.env, cfg.agent, cfg.memory)
         self.n = 0
 
     async def episode(self, run_id: str) -> Any:
-        from actors.agent import EpisodeSpec, run_episode
+        from actors.agent import EpisodeSettings, EpisodeSpec, run_episode
         from actors.envs import AsyncEnv, make_env
 
         k, self.n = self.n, self.n + 1
@@ -123,7 +124,7 @@ class Rollouts:
         env = AsyncEnv(make_env(self.cfg.env, cache_dir=self.cache_dir))
         try:
             return await run_episode(EpisodeSpec(task, epoch=k // len(self.tasks), seed=0, run_id=run_id),
-                                     env, self.pool, None, self.cfg)
+                                     env, self.pool, None, self.settings)
         finally:
             await env.close()
 
@@ -141,14 +142,14 @@ def bench_training(mode: str, cfg: Any, pool: Any, model_path: str, redis_url: s
     import ray
 
     from learner.buffer import TrajectoryBuffer
-    from learner.learner import start_learner
-    from learner.losses import rollout_capacity
+    from cluster.scheduler import rollout_capacity
+    from cluster.wiring import start_learner
 
     lcfg = cfg.learner
     ns = f"bench-{mode}"
     out = work / mode
     buf = TrajectoryBuffer(redis_url, ns)
-    learner = start_learner(lcfg, model_path, redis_url, out, ns, engines=pool.handles, cache_dir=cache_dir)
+    learner = start_learner(lcfg, model_path, redis_url, out, ns, engines=pool.handles)
     asyncio.run(pool.publish_adapter(0, ""))  # both modes start from the base model
     rollouts = Rollouts(cfg, pool, cache_dir)
     load0 = os.getloadavg()
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"learner.max_staleness={args.eta}", "learner.publish_interval=1",
                              "learner.num_cpus=1", f"run.cache_dir={cache_dir}"])
     from actors.model_builder import resolve_model
-    from actors.llm_pool import start_pool
+    from cluster.wiring import start_pool
 
     model_path = args.model or resolve_model(cfg.llm.model, cache_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model": model_path, "config": args.config, "args": {k: str(v) for k, v in vars(args).items()}}
     try:
         t0 = time.perf_counter()
-        pool = start_pool(cfg.llm, model_path, cache_dir=str(cache_dir))
+        pool = start_pool(cfg.llm, model_path)
         result["engine_start_s"] = time.perf_counter() - t0
         if "publish" not in skip:
             result["publish"], pool = bench_publish(pool, cfg.llm, model_path, work, args.publishes, args.reloads,
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode not in skip:
                 if "sync" in result:  # an engine binds each adapter version to one path: a fresh engine per mode
                     asyncio.run(pool.shutdown())
-                    pool = start_pool(cfg.llm, model_path, cache_dir=str(cache_dir))
+                    pool = start_pool(cfg.llm, model_path)
                 result[mode] = bench_training(mode, cfg, pool, model_path, server.url, work, args.rounds, args.batch,
                                               args.eta, str(cache_dir))
         if "sync" in result and "async" in result:

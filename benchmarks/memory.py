@@ -114,7 +114,8 @@ def bench_retrieval(redis_url: str, vecs: np.ndarray, qs: np.ndarray, queries: n
     import redis
 
     from cluster.config import MemoryConfig
-    from memory_server.client import MemoryClient, start_shards
+    from cluster.wiring import start_shards
+    from memory_server.client import MemoryClient
     from memory_server.store import MemoryStore
 
     n = len(vecs)
@@ -165,7 +166,8 @@ def bench_updates(redis_url: str, shards: int, n_memories: int, n_events: int, w
 
     from cluster.config import MemoryConfig
     from memory_server import keys
-    from memory_server.client import MemoryClient, start_shards
+    from cluster.wiring import start_shards
+    from memory_server.client import MemoryClient
     from memory_server.store import MemoryStore
 
     ns = f"upd-{shards}"

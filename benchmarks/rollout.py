@@ -44,9 +44,9 @@ def _schedule(cfg: Config, mode: str, tasks: list[Any], model_path: str, pool: A
               run_dir: Path, label: str | None = None) -> dict[str, Any]:
     import ray
 
-    from actors.rollout import start_rollout_workers
     from cluster.job import _start_memory
     from cluster.scheduler import Scheduler
+    from cluster.wiring import start_rollout_workers
 
     mcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, mode=mode),
                                memory=dataclasses.replace(cfg.memory, namespace=f"bench-rollout-{label or mode}"))
@@ -55,11 +55,11 @@ def _schedule(cfg: Config, mode: str, tasks: list[Any], model_path: str, pool: A
     rec = _Keep(run_dir / (label or mode), [t.task_id for t in tasks], mcfg.rollout.epochs, progress=None,
                 tensorboard=False)
     sched = Scheduler(mcfg, tasks, lambda i: start_rollout_workers(mcfg, model_path, pool.handles, shards, redis_url,
-                                                                   first_id=i, count=1)[0], rec, run_id=f"bench-{label or mode}")
+                                                                   first_id=i, count=1)[0], run_id=f"bench-{label or mode}")
     try:
         ray.get([w.pid.remote() for w in sched.workers])  # actors up (embedder and tokenizer loaded) before timing
         t0 = time.perf_counter()
-        sched.run_seed(0)
+        sched.run_seed(0, rec)
         wall = time.perf_counter() - t0
     finally:
         sched.shutdown()

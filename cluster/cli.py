@@ -1,6 +1,6 @@
 """The ``epiq`` console script: one sub-command per job, each a thin wrapper over a module's ``main``.
 
-    epiq train configs/quickstart.yaml [--set k=v ...] [--dry-run]   # = python -m cluster.train --config ...
+    epiq train configs/quickstart.yaml [--set k=v ...] [--dry-run] [--verbose]   # = python -m cluster.train ...
     epiq config configs/quickstart.yaml [--set k=v ...]              # validate and print the resolved config
     epiq config --reference                                          # every key, type, default and doc (markdown)
     epiq memory stats|top|export|import|snapshot|rollback ...         # see memory_server/cli.py
@@ -21,6 +21,23 @@ from cluster.config import ConfigError, dump, reference_markdown
 BENCHMARKS = ("memory", "rollout", "learning", "lora", "policy_model")
 
 
+def _bench(name: str, argv: list[str]) -> int:
+    """Run one benchmark's ``main`` (explicit: no import paths built from strings)."""
+    if name == "memory":
+        from benchmarks import memory as bench
+    elif name == "rollout":
+        from benchmarks import rollout as bench
+    elif name == "learning":
+        from benchmarks import learning as bench
+    elif name == "lora":
+        from benchmarks import lora as bench
+    elif name == "policy_model":
+        from benchmarks import policy_model as bench
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
+    return bench.main(argv)
+
+
 def _config(args: argparse.Namespace) -> int:
     if args.reference:
         print(reference_markdown())
@@ -36,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run a job (memory and/or LoRA learning) from a config")
     train.add_config_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_run_args(p)
 
     p = sub.add_parser("memory", help="inspect and manage a memory: stats, top, export, import, snapshot, rollback")
     from memory_server.cli import build_parser as memory_parser
@@ -68,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _config(args)
         if args.command == "bench":
-            import importlib
-
-            return importlib.import_module(f"benchmarks.{args.benchmark}").main(args.bench_args)
+            return _bench(args.benchmark, args.bench_args)
         if args.command == "report":
             from cluster.report import main as report
 

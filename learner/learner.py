@@ -12,8 +12,8 @@ idempotent per step) -> publish to the engines. A resumed learner replays the ch
 re-publishes its version to engines that do not serve it; entries it had read but not checkpointed are still
 pending in the stream and are read again first.
 
-A plain class; ``start_learner`` makes it a threaded Ray actor (``run`` in one thread, ``version`` / ``state`` /
-``stop`` answer meanwhile). Without Ray:
+A plain class; the driver makes it a threaded Ray actor (``cluster.wiring.start_learner``: ``run`` in one thread,
+``get_version`` / ``state`` / ``stop`` answer meanwhile). Without Ray:
 
     learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.handles)
     learner.run(max_steps=10)            # or burst=True: train on what is in the buffer, then return
@@ -28,11 +28,13 @@ import shutil
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.config import LearnerConfig
+from common.timer import Timer
 from learner.buffer import TrainTrajectory, TrajectoryBuffer
+from learner.config import LearnerConfig
 from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, staleness_filter,
                             staleness_histogram, trajectory_scale)
 
@@ -50,12 +52,8 @@ class Learner:
     """One LoRA policy trained on one namespace's trajectory stream (a single learner per stream)."""
 
     def __init__(self, cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
-                 engines: list[Any] | None = None, cache_dir: str | None = None, seed: int = 0,
-                 initial_version: int = 0, group_size: int = 1) -> None:
-        if cache_dir is not None:
-            from cluster.services import redirect_caches
-
-            redirect_caches(Path(cache_dir))
+                 engines: list[Any] | None = None, seed: int = 0, initial_version: int = 0,
+                 group_size: int = 1) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -143,40 +141,58 @@ class Learner:
     # ------------------------------------------------------------------ the step
 
     def _step(self, block_ms: int, partial: bool) -> dict[str, Any] | None:
-        import torch
+        timer = Timer()
+        started = time.perf_counter()
+        with timer("read"):  # 1. a batch of whole task groups, or None while they form
+            batch = self._gather(block_ms, partial)
+        if batch is None:
+            return None
+        trajs, entries, dropped = self._gate(batch)  # 2. staleness gate
+        if not trajs:
+            return {"trajectories": 0, "dropped_stale": dropped, "version": self.version, "step": self.step_no}
+        with timer("prox"):  # 3. advantages, sequences, proximal (and reference) logprobs
+            prep = self._prepare(trajs)
+        with timer("train"):  # 4. decoupled PPO updates
+            sums, grad_norms = self._update(prep)
+        self._record_step(trajs, entries)
+        saved_at = time.perf_counter()
+        with timer("checkpoint"):  # 5. save the adapter if due, checkpoint + commit, then serve it on the engines
+            publish = self._save_and_checkpoint()
+        latency = self._announce(publish, since=saved_at)
+        metrics = self._metrics(trajs, prep, sums, grad_norms, dropped, publish, latency, timer,
+                                time.perf_counter() - started)
+        self.last_metrics = metrics
+        with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        return metrics
 
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-
-        # 1. gather (own pending entries first after a restart, then new ones) and hold them until a batch of
-        #    task groups forms: a group-normalised advantage needs at least two episodes of the same task
-        if len(self._held) < HOLD_LIMIT * cfg.batch_size:
+    def _gather(self, block_ms: int, partial: bool) -> list[tuple[str, TrainTrajectory]] | None:
+        """Read (own pending entries first after a restart, then new ones) and hold trajectories until a batch of
+        task groups forms: a group-normalised advantage needs at least two episodes of the same task."""
+        if len(self._held) < HOLD_LIMIT * self.cfg.batch_size:
             skip = {t.episode_id for _, t in self._held} | {e for s in self._uncheckpointed for e in s["episodes"]}
-            for entry_id, traj in self.buffer.read(cfg.batch_size, block_ms=block_ms, skip=skip):
+            for entry_id, traj in self.buffer.read(self.cfg.batch_size, block_ms=block_ms, skip=skip):
                 if traj is None:
                     self._skip_entries.append(entry_id)
                 else:
                     skip.add(traj.episode_id)
                     self._held.append((entry_id, traj))
-        batch = self._take_batch(partial)
-        if batch is None:
-            return None
-        timings["read"] = time.perf_counter() - t0
+        return self._take_batch(partial)
 
-        # 2. staleness gate: drop what is more than eta versions behind the current adapter
-        versions = [t.version for _, t in batch]
-        keep, drop = staleness_filter(versions, self.version, cfg.max_staleness)
+    def _gate(self, batch: list[tuple[str, TrainTrajectory]]) -> tuple[list[TrainTrajectory], list[str], int]:
+        """Drop what is more than η versions behind the current adapter; returns (kept, their entries, dropped)."""
+        keep, drop = staleness_filter([t.version for _, t in batch], self.version, self.cfg.max_staleness)
         self._skip_entries += [batch[i][0] for i in drop]
         self._stale_pending += len(drop)
         self.totals["stale"] += len(drop)
-        trajs = [batch[i][1] for i in keep]
-        entries = [batch[i][0] for i in keep]
-        if not trajs:
-            return {"trajectories": 0, "dropped_stale": len(drop), "version": self.version, "step": self.step_no}
+        return [batch[i][1] for i in keep], [batch[i][0] for i in keep], len(drop)
 
-        # 3. advantages (groups = episodes of the same task), sequences, proximal logprobs (no grad)
-        t1 = time.perf_counter()
+    def _prepare(self, trajs: list[TrainTrajectory]) -> _Prepared:
+        """Group advantages (``group_key``), the turns as sequences split into minibatches of micro-batch chunks,
+        and the proximal policy's logprobs (and the base model's, for the KL penalty) without gradients."""
+        import torch
+
+        cfg = self.cfg
         adv = group_advantages([t.reward for t in trajs], [group_key(t, self.group_size) for t in trajs])
         seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
         per_traj = trajectory_scale([sum(len(turn.output_ids) for turn in t.turns) for t in trajs], cfg.loss_agg)
@@ -192,10 +208,15 @@ class Learner:
             if cfg.kl_coef > 0:  # the base model: LoRA off
                 with self.model.disable_adapter():
                     ref = [self._logprobs([seqs[s] for s in rows])[0] for _, rows in chunks]
-        timings["prox"] = time.perf_counter() - t1
+        return _Prepared(adv, seqs, per_traj, chunks, prox, ref)
 
-        # 4. decoupled PPO: one AdamW update per minibatch (gradients accumulated over its chunks), grad clipping
-        t1 = time.perf_counter()
+    def _update(self, prep: _Prepared) -> tuple[Counter, list[float]]:
+        """Decoupled PPO: one AdamW update per minibatch (gradients accumulated over its chunks), gradient clipping;
+        returns the summed loss terms and the gradient norm of each update."""
+        import torch
+
+        cfg = self.cfg
+        seqs, chunks = prep.seqs, prep.chunks
         self.model.train()
         sums: Counter = Counter()
         grad_norms = []
@@ -208,12 +229,12 @@ class Learner:
             for c in mine:
                 rows = chunks[c][1]
                 logp, behav, mask = self._logprobs([seqs[s] for s in rows])
-                a = adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
-                scale = torch.tensor([per_traj[seqs[s][0]] for s in rows], device=self.device)[:, None].expand_as(logp)
-                loss, m = decoupled_ppo_loss(logp, prox[c], behav, a, mask, cfg.clip_eps,
+                a = prep.adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
+                scale = torch.tensor([prep.per_traj[seqs[s][0]] for s in rows], device=self.device)[:, None].expand_as(logp)
+                loss, m = decoupled_ppo_loss(logp, prep.prox[c], behav, a, mask, cfg.clip_eps,
                                              cfg.behav_weight_cap, num_tokens=n_tokens, token_scale=scale)
-                if ref is not None:  # GRPO's penalty: k3 estimate of KL(pi_theta || pi_ref) per token
-                    kl_ref = kl_to_reference(logp, ref[c], mask * scale)
+                if prep.ref is not None:  # GRPO's penalty: k3 estimate of KL(pi_theta || pi_ref) per token
+                    kl_ref = kl_to_reference(logp, prep.ref[c], mask * scale)
                     loss = loss + cfg.kl_coef * kl_ref / n_tokens
                     sums["kl_ref_sum"] += float(kl_ref.detach())
                 loss.backward()
@@ -222,8 +243,10 @@ class Learner:
                     sums[k] += float(v)
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
             self.optimizer.step()
-        timings["train"] = time.perf_counter() - t1
+        return sums, grad_norms
 
+    def _record_step(self, trajs: list[TrainTrajectory], entries: list[str]) -> None:
+        """Count the step and remember what it consumed, for the next checkpoint's commit."""
         self.step_no += 1
         self.totals["steps"] += 1
         self.totals["trained"] += len(trajs)
@@ -231,38 +254,43 @@ class Learner:
                                      "entries": entries, "stale": self._stale_pending, "version": None})
         self._stale_pending = 0
 
-        # 5. publish (save now; engines are told after the checkpoint) and checkpoint + commit
-        t1 = time.perf_counter()
-        publish = self.step_no % cfg.publish_interval == 0
+    def _save_and_checkpoint(self) -> bool:
+        """Save a new adapter version when one is due (engines are told after the checkpoint), then checkpoint and
+        commit when due; returns whether a version was saved."""
+        publish = self.step_no % self.cfg.publish_interval == 0
         if publish:
             self.version += 1
             self._save_adapter(self._adapter_dir(self.version))
         self._uncheckpointed[-1]["version"] = self.version
-        if publish or self.step_no % cfg.checkpoint_interval == 0:
+        if publish or self.step_no % self.cfg.checkpoint_interval == 0:
             self._checkpoint_and_commit()
-        timings["checkpoint"] = time.perf_counter() - t1
-        latency = None
-        if publish:
-            self._publish(self.version)
-            latency = time.perf_counter() - t1  # save start -> every engine serves it to new requests
-            self.totals["publishes"] += 1
-        elapsed = time.perf_counter() - t0
-        metrics = {
-            "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": len(drop),
-            "sequences": len(seqs), "tokens": int(sums["tokens"]), "loss": sums["loss"],
-            "kl_behav": sums["kl_sum"] / max(sums["tokens"], 1.0), "kl_ref": sums["kl_ref_sum"] / max(sums["tokens"], 1.0), "clip_frac": sums["clipped"] / max(sums["tokens"], 1.0),
-            "behav_weight": sums["weight_sum"] / max(sums["tokens"], 1.0), "grad_norm": max(grad_norms or [0.0]),
-            "advantage_abs": float(adv.abs().mean()), "reward_mean": sum(t.reward for t in trajs) / len(trajs),
+        return publish
+
+    def _announce(self, publish: bool, since: float) -> float | None:
+        """Serve the saved version on every engine; returns the seconds from ``since`` (save start) until every
+        engine serves it to new requests, or None when nothing was published."""
+        if not publish:
+            return None
+        self._publish(self.version)
+        self.totals["publishes"] += 1
+        return time.perf_counter() - since
+
+    def _metrics(self, trajs: list[TrainTrajectory], prep: _Prepared, sums: Counter, grad_norms: list[float],
+                 dropped: int, publish: bool, latency: float | None, timer: Timer, elapsed: float) -> dict[str, Any]:
+        tokens = max(sums["tokens"], 1.0)
+        return {
+            "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": dropped,
+            "sequences": len(prep.seqs), "tokens": int(sums["tokens"]), "loss": sums["loss"],
+            "kl_behav": sums["kl_sum"] / tokens, "kl_ref": sums["kl_ref_sum"] / tokens,
+            "clip_frac": sums["clipped"] / tokens, "behav_weight": sums["weight_sum"] / tokens,
+            "grad_norm": max(grad_norms or [0.0]), "advantage_abs": float(prep.adv.abs().mean()),
+            "reward_mean": sum(t.reward for t in trajs) / len(trajs),
             "staleness": staleness_histogram([t.version for t in trajs], self.version - publish),
             "step_s": elapsed, "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
             "trained_per_s": self.totals["trained"] / (time.monotonic() - self._started),
-            "published": publish, "publish_latency_s": latency, "timings": timings,
+            "published": publish, "publish_latency_s": latency, "timings": timer.as_dict(6),
             "episode_ids": [t.episode_id for t in trajs], "time": time.time(),
         }
-        self.last_metrics = metrics
-        with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        return metrics
 
     def _take_batch(self, partial: bool) -> list[tuple[str, TrainTrajectory]] | None:
         """Up to ``batch_size`` held trajectories made of whole groups (``group_key``: at least max(2, group_size)
@@ -407,19 +435,15 @@ class Learner:
         log.info("learner resumed from %s: step %d, adapter version %d", folder, self.step_no, self.version)
 
 
-def start_learner(cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,
-                  engines: list[Any] | None = None, cache_dir: str | None = None, max_restarts: int = 0,
-                  timeout_s: float = 300.0, initial_version: int = 0, group_size: int = 1) -> Any:
-    """The learner as a threaded Ray actor (``num_cpus`` / ``num_gpus`` / ``resources`` from ``cfg``), ready to ``run``."""
-    import ray
 
-    actor = ray.remote(Learner).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources),
-                                        max_concurrency=4, max_restarts=max_restarts)
-    handle = actor.remote(cfg, model_path, redis_url, str(out_dir), namespace, engines, cache_dir,
-                          initial_version=initial_version, group_size=group_size)
-    try:
-        ray.get(handle.state.remote(), timeout=timeout_s)
-    except BaseException:
-        ray.kill(handle)
-        raise
-    return handle
+@dataclass
+class _Prepared:
+    """A step's inputs to the updates: advantages, the turns as (trajectory index, turn), each trajectory's token
+    weight, the micro-batch chunks (minibatch, rows), and the proximal / reference logprobs per chunk."""
+
+    adv: Any
+    seqs: list[tuple[int, Any]]
+    per_traj: list[float]
+    chunks: list[tuple[int, list[int]]]
+    prox: list[Any]
+    ref: list[Any] | None

@@ -1,6 +1,6 @@
 """The learner's math, pure torch: group-normalised advantages, the decoupled PPO objective, the staleness filter.
 
-Owns nothing stateful; every function is unit-tested with hand-computed cases (tests/unit/test_learner.py).
+Owns nothing stateful; every function is unit-tested with hand-computed cases (tests/unit/test_learner_math.py).
 
 - ``group_advantages``: GRPO without a critic. Groups are the episodes of one task in the batch;
   A = (r - mean_group) / (std_group + eps) with the population standard deviation; a group of one episode, or
@@ -99,10 +99,3 @@ def staleness_filter(versions: Sequence[int], current_version: int, max_stalenes
 def staleness_histogram(versions: Sequence[int], current_version: int) -> dict[int, int]:
     """How many trajectories are k versions behind, for each k seen."""
     return dict(sorted(Counter(current_version - v for v in versions).items()))
-
-
-def rollout_capacity(version: int, max_staleness: int, batch_size: int, initial_version: int = 0) -> int:
-    """AReaL's admission rule: how many trajectories may have been started in total while the learner is at
-    ``version``: (steps published + eta + 1) * batch_size. Dispatching no more keeps every trajectory within eta
-    versions of the policy that trains on it (with ``publish_interval`` 1; with k, multiply the steps by k)."""
-    return (version - initial_version + max_staleness + 1) * batch_size

@@ -4,30 +4,31 @@ Owns: embedding the query (cached per text: a task's intent is embedded once), c
 parallel with a deadline, merging the global top-k1 by similarity, Phase B over the merged pool
 (``scoring.phase_b``), routing new memories to their shard, and sending reward events to the per-shard Redis
 streams (durable the moment XADD returns, so a shard that is down applies them when it is back).
-``start_shards`` makes the shard actors.
+The API is async (``retrieve``, ``add``, ``feedback``, ``write_episode``: the ``MemoryAPI`` of
+``actors.contracts``); ``*_blocking`` helpers run the same calls for synchronous callers (CLI, benchmarks, tests).
+The driver makes the shard actors (``cluster.wiring.start_shards``).
 
-    shards = start_shards(cfg.memory, redis_url)                     # Ray actors, restarted if they die
     mem = MemoryClient(shards, redis_url, cfg.memory, embedder)
     got = await mem.retrieve("put a clean mug in the coffee machine")  # Retrieval(records, scores, ...)
-    mem.feedback("episode-17", [r.id for r in got.records], reward=1.0)
+    await mem.feedback("episode-17", got.ids, reward=1.0)
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
-import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 import msgpack
+import numpy as np
 import redis
 
-from cluster.config import MemoryConfig
+from memory_server.config import MemoryConfig
 from memory_server import keys, scoring
 from memory_server.records import MemoryRecord, Provenance, RewardEvent, check_embedding, encode_reward_event
 
@@ -67,7 +68,16 @@ def select(pool: list[tuple[float, MemoryRecord]], *, lam: float, k2: int, q_flo
     return [pool[i][1] for i in idx], [float(s) for s in scores], [float(sims[i]) for i in idx]
 
 
+def by_shard(items: Iterable[Any], shards: int, key: Callable[[Any], str] = str) -> dict[int, list[Any]]:
+    """``items`` grouped by the shard that owns ``key(item)`` (a memory id), order kept within each shard."""
+    out: dict[int, list[Any]] = defaultdict(list)
+    for item in items:
+        out[keys.shard_of(key(item), shards)].append(item)
+    return dict(out)
+
+
 EMBED_CACHE = 4096  # texts whose embeddings a client keeps
+T = TypeVar("T")
 
 
 class MemoryClient:
@@ -80,6 +90,7 @@ class MemoryClient:
         self.rng = np.random.default_rng(seed)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> embedding, least recently used first
         self._vectors_lock = threading.Lock()  # embed runs in worker threads (asyncio.to_thread)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the blocking helpers' event loop
 
     def embed(self, query: str | np.ndarray) -> np.ndarray:
         """The query's embedding; texts are cached (``EMBED_CACHE`` most recent): a task's intent is embedded once
@@ -108,7 +119,8 @@ class MemoryClient:
 
         With ``episode_id`` the result is pinned to the episode: a retry of the same episode (its actor died)
         gets the same memories back, so the episode's reward reaches exactly the memories it injected.
-        ``ef`` overrides ``memory.hnsw_ef_search`` for this call (approximate index only).
+        ``k1`` / ``k2`` / ``delta`` / ``lam`` override the config for this call; ``ef`` overrides
+        ``memory.hnsw_ef_search`` (approximate index only).
         """
         if episode_id is not None and (pinned := await asyncio.to_thread(self._pinned, episode_id)) is not None:
             return pinned
@@ -118,7 +130,7 @@ class MemoryClient:
         lam = c.lam if lam is None else lam
         vec = await asyncio.to_thread(self.embed, query)
         tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta, ef))) for s in self.shards]
-        done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s)
+        done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s) if tasks else (set(), set())
         answers, missing = [], []
         for i, t in enumerate(tasks):
             if t in done and t.exception() is None:
@@ -127,7 +139,7 @@ class MemoryClient:
                 missing.append(i)
                 if t not in done:
                     t.cancel()
-        got = self._finish(answers, missing, k1, k2, lam)
+        got = await asyncio.to_thread(self._finish, answers, missing, k1, k2, lam)
         if episode_id is not None:
             got = await asyncio.to_thread(self._pin, episode_id, got)
         return got
@@ -154,27 +166,6 @@ class MemoryClient:
         return Retrieval(rid, [records[i] for i in keep], [scores[i] for i in keep], [sims[i] for i in keep], pool,
                          missing, version)
 
-    def retrieve_blocking(self, query: str | np.ndarray, **kw: Any) -> Retrieval:
-        """``retrieve`` for synchronous callers (CLI, benchmarks); never call it inside an event loop."""
-        import ray
-
-        c = self.cfg
-        k1, k2 = kw.get("k1") or c.k1, kw.get("k2") or c.k2
-        delta = c.delta if kw.get("delta") is None else kw["delta"]
-        lam = c.lam if kw.get("lam") is None else kw["lam"]
-        vec = self.embed(query)
-        refs = [s.search.remote(vec, k1, delta, kw.get("ef")) for s in self.shards]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=c.shard_timeout_s)
-        answers, missing = [], []
-        for i, ref in enumerate(refs):
-            try:
-                if ref not in ready:
-                    raise TimeoutError
-                answers.append(ray.get(ref))
-            except Exception:  # a dead or slow shard: report it, answer from the others
-                missing.append(i)
-        return self._finish(answers, missing, k1, k2, lam)
-
     def _finish(self, answers: list, missing: list[int], k1: int, k2: int, lam: float) -> Retrieval:
         c = self.cfg
         pool = merge_candidates(answers, k1)
@@ -185,10 +176,8 @@ class MemoryClient:
 
     async def add(self, records: Sequence[MemoryRecord]) -> list[str]:
         """Write new memories through their owning shards; returns the ids written."""
-        by_shard: dict[int, list[MemoryRecord]] = defaultdict(list)
-        for r in records:
-            by_shard[keys.shard_of(r.id, len(self.shards))].append(r)
-        written = await asyncio.gather(*[_as_future(self.shards[s].add.remote(rs)) for s, rs in by_shard.items()])
+        groups = by_shard(records, len(self.shards), key=lambda r: r.id)
+        written = await asyncio.gather(*[_as_future(self.shards[s].add.remote(rs)) for s, rs in groups.items()])
         return [i for ids in written for i in ids]
 
     async def write_episode(self, *, episode_id: str, intent: str, experience: str, won: bool, task_id: str, env: str,
@@ -207,36 +196,41 @@ class MemoryClient:
         c = self.cfg
         return c.q_init if won or c.q_init_failure is None else c.q_init_failure
 
-    def add_blocking(self, records: Sequence[MemoryRecord]) -> list[str]:
-        import ray
-
-        by_shard: dict[int, list[MemoryRecord]] = defaultdict(list)
-        for r in records:
-            by_shard[keys.shard_of(r.id, len(self.shards))].append(r)
-        return [i for ids in ray.get([self.shards[s].add.remote(rs) for s, rs in by_shard.items()]) for i in ids]
-
-    def feedback(self, episode_id: str, memory_ids: Sequence[str], reward: float, *, adapter_version: int = 0,
-                 memory_version: int = 0) -> int:
+    async def feedback(self, episode_id: str, memory_ids: Sequence[str], reward: float, *, adapter_version: int = 0,
+                       memory_version: int = 0) -> int:
         """Send the episode's reward for its injected memories: one stream entry per owning shard."""
-        return self.feedback_many([(episode_id, memory_ids, reward)], adapter_version=adapter_version,
-                                  memory_version=memory_version)
+        return await asyncio.to_thread(self.feedback_many, [(episode_id, memory_ids, reward)],
+                                       adapter_version=adapter_version, memory_version=memory_version)
 
     def feedback_many(self, items: Sequence[tuple[str, Sequence[str], float]], *, adapter_version: int = 0,
                       memory_version: int = 0) -> int:
-        """``feedback`` for many episodes in one pipeline round trip; returns the stream entries written."""
+        """Reward events of many episodes in one pipeline round trip (blocking: benchmarks, tests); returns the
+        stream entries written."""
         now, written = time.time(), 0
         pipe = self.redis.pipeline(transaction=False)
         for episode_id, memory_ids, reward in items:
-            by_shard: dict[int, list[str]] = defaultdict(list)
-            for m in dict.fromkeys(memory_ids):  # de-duplicated, order kept
-                by_shard[keys.shard_of(m, len(self.shards))].append(m)
-            for s, ids in by_shard.items():
+            for s, ids in by_shard(dict.fromkeys(memory_ids), len(self.shards)).items():  # de-duplicated, in order
                 ev = RewardEvent(episode_id, ids, float(reward), now, adapter_version, memory_version)
                 pipe.xadd(keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)})
                 written += 1
         pipe.execute()
         return written
 
+    # -- blocking helpers: the async calls above, for synchronous callers (never inside an event loop)
+
+    def _blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:  # one private loop per client: its thread pool outlives a call
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def retrieve_blocking(self, query: str | np.ndarray, **kw: Any) -> Retrieval:
+        return self._blocking(self.retrieve(query, **kw))
+
+    def add_blocking(self, records: Sequence[MemoryRecord]) -> list[str]:
+        return self._blocking(self.add(records))
+
+    def feedback_blocking(self, episode_id: str, memory_ids: Sequence[str], reward: float, **kw: Any) -> int:
+        return self.feedback_many([(episode_id, memory_ids, reward)], **kw)
 
     def enforce_capacity(self) -> list[str]:
         """Evict down to ``memory.capacity`` (lowest Q − age weight first) and drop the evicted ids from the shards."""
@@ -246,10 +240,7 @@ class MemoryClient:
 
         store = MemoryStore(self.redis, self.cfg.namespace, len(self.shards))
         evicted = store.evict(self.cfg.capacity, self.cfg.evict_age_weight)
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for m in evicted:
-            by_shard[keys.shard_of(m, len(self.shards))].append(m)
-        ray.get([self.shards[s].forget.remote(ids) for s, ids in by_shard.items()])
+        ray.get([self.shards[s].forget.remote(ids) for s, ids in by_shard(evicted, len(self.shards)).items()])
         return evicted
 
     def stats(self) -> dict[str, Any]:
@@ -276,20 +267,3 @@ def index_params(cfg: MemoryConfig) -> dict[str, int]:
 async def _as_future(ref: Any) -> Any:
     return await ref
 
-
-def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = 0.5, resources: dict | None = None) -> list[Any]:
-    """Create ``cfg.shards`` shard actors; Ray restarts one that dies, and it rebuilds from Redis."""
-    import ray
-
-    from memory_server.shard import MemoryShard
-
-    actor = ray.remote(MemoryShard)
-    handles = [
-        actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus, resources=dict(cfg.resources if resources is None else resources),
-                      max_restarts=-1, max_task_retries=0, max_concurrency=8)
-        .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index,
-                index_params=index_params(cfg), scan_threads=cfg.scan_threads, claim_idle_s=cfg.claim_idle_s)
-        for i in range(cfg.shards)
-    ]
-    ray.get([h.size.remote() for h in handles])  # wait until every shard has loaded its memories
-    return handles

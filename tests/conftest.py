@@ -99,12 +99,12 @@ def llm_pool(ray_session, tiny_model: Path):
     import asyncio
     import time
 
-    from actors.llm_pool import start_pool
+    from cluster.wiring import start_pool
     from cluster.config import LLMConfig
 
     cfg = LLMConfig(engines=1, kv_cache_mb=64, max_model_len=1024, enable_lora=True, max_lora_rank=8, max_loras=2)
     started = time.monotonic()
-    pool = start_pool(cfg, str(tiny_model), cache_dir=str(ROOT / ".cache"))
+    pool = start_pool(cfg, str(tiny_model))
     print(f"\nengine start: {time.monotonic() - started:.1f} s")
     yield pool
     asyncio.run(pool.shutdown())

@@ -1,17 +1,10 @@
 """Text environments behind one interface (``base.TextEnv``): TextWorld (generated games) and ALFWorld (text only).
 
-Heavy libraries (textworld, alfworld) are imported by ``make_env`` / ``task_set`` only, not by this package.
+Heavy libraries (textworld, alfworld) are imported by ``make_env`` / ``task_set`` (``factory.py``) only, not by
+this package.
 """
 
-from actors.envs.base import (
-    AsyncEnv,
-    Observation,
-    StepResult,
-    TaskSpec,
-    TextEnv,
-    make_env,
-    make_executor,
-    task_set,
-)
+from actors.envs.base import AsyncEnv, Observation, StepResult, TaskSpec, TextEnv
+from actors.envs.factory import make_env, task_set
 
-__all__ = ["AsyncEnv", "Observation", "StepResult", "TaskSpec", "TextEnv", "make_env", "make_executor", "task_set"]
+__all__ = ["AsyncEnv", "Observation", "StepResult", "TaskSpec", "TextEnv", "make_env", "task_set"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.envs.base import Observation, StepResult, TaskSpec, TextEnv
-from cluster.config import EnvConfig
+from actors.config import EnvConfig
 
 SPLITS = ("valid_seen", "valid_unseen", "valid_train")
 _IDLE_GAMES: list[Any] = []  # wrapped PDDL backends of closed envs, loaded and ready for the next game

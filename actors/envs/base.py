@@ -2,11 +2,11 @@
 
 Owns: ``TaskSpec`` (what identifies one task reproducibly), ``Observation`` (what ``reset`` returns, with the
 ``intent`` text used for memory retrieval), ``StepResult``, the abstract ``TextEnv`` (the base enforces
-``max_steps``: reaching it ends the episode as a failure), ``AsyncEnv`` (reset/step in a thread pool so an
-environment never blocks the event loop), and the explicit factories ``make_env`` / ``task_set``.
+``max_steps``: reaching it ends the episode as a failure) and ``AsyncEnv`` (reset/step in a thread pool so an
+environment never blocks the event loop). The factories that pick an implementation are in ``factory.py``.
 
-    tasks = task_set(cfg.env, cache_dir)                      # num_tasks tasks from task_seed
-    env = AsyncEnv(make_env(cfg.env, cache_dir), make_executor(cfg.env))
+    tasks = task_set(cfg.env, cache_dir)                      # actors.envs.task_set: num_tasks tasks from task_seed
+    env = AsyncEnv(make_env(cfg.env, cache_dir), executor)    # actors.envs.make_env
     obs = await env.reset(tasks[0]); result = await env.step(obs.admissible_actions[0])
 """
 
@@ -17,12 +17,9 @@ import contextlib
 import functools
 import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, TypeVar
-
-from cluster.config import EnvConfig
 
 T = TypeVar("T")
 
@@ -149,35 +146,3 @@ class AsyncEnv:
         with self.env._locked():
             self.env.close()
 
-
-def make_executor(cfg: EnvConfig) -> ThreadPoolExecutor:
-    """The thread pool that steps one rollout actor's environments (``cfg.workers`` threads)."""
-    return ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="epiq-env")
-
-
-def make_env(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> TextEnv:
-    """The environment named by ``cfg.name`` (heavy libraries are imported only here)."""
-    if cfg.name == "textworld":
-        from actors.envs.textworld_env import TextWorldEnv
-
-        return TextWorldEnv(cfg, cache_dir)
-    elif cfg.name == "alfworld":
-        from actors.envs.alfworld_env import AlfWorldEnv
-
-        return AlfWorldEnv(cfg, cache_dir)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")
-
-
-def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = False) -> list[TaskSpec]:
-    """The config's tasks (see each env's ``task_set``); ``heldout``: the unseen transfer-check tasks."""
-    if cfg.name == "textworld":
-        from actors.envs.textworld_env import task_set as textworld_tasks
-
-        return textworld_tasks(cfg, heldout=heldout)
-    if heldout:
-        raise ValueError("env.heldout_seeds: a held-out task set is defined for TextWorld only")
-    elif cfg.name == "alfworld":
-        from actors.envs.alfworld_env import task_set as alfworld_tasks
-
-        return alfworld_tasks(cfg, cache_dir)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from actors.envs.textworld_env import TextWorldEnv, task_set
-from cluster.config import EnvConfig
+from actors.config import EnvConfig
 
 
 def candidates(challenge: str, level: int, seeds: list[int], cache_dir: str | Path, progress: bool = True) -> list[dict]:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=".cache")
     p.add_argument("--out", type=Path, default=None, help="write the groups as JSON here")
     args = p.parse_args(argv)
-    from cluster.services import redirect_caches
+    from common.caches import redirect_caches
     from memory_server.embedder import load_embedder
 
     redirect_caches(Path(args.cache_dir))

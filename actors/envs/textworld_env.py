@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.envs.base import Observation, StepResult, TaskSpec, TextEnv
-from cluster.config import EnvConfig
+from actors.config import EnvConfig
 
 SPLITS = ("train", "eval", "test")
 LEVELS = {"tw-coin_collector": 300, "tw-treasure_hunter": 30, "tw-simple": 3, "tw-cooking": 4}

@@ -61,7 +61,7 @@ def test_buffer_exactly_once_and_dead_letters(redis_url: str) -> None:
 
 def _episodes(llm_pool, n_tasks: int, epochs: int) -> list:
     """Real TextWorld episodes played by the pool (3 steps each, memory off)."""
-    from actors.agent import EpisodeSpec, run_episode
+    from actors.agent import EpisodeSettings, EpisodeSpec, run_episode
     from actors.envs import AsyncEnv, make_env, task_set
     from actors.llm_pool import LLMPool
     from cluster.config import Config, EnvConfig, LLMConfig, MemoryConfig, RunConfig
@@ -71,12 +71,14 @@ def _episodes(llm_pool, n_tasks: int, epochs: int) -> list:
                  memory=MemoryConfig(enabled=False), run=RunConfig(cache_dir=str(CACHE)))
     tasks = task_set(cfg.env, CACHE)
     pool = LLMPool(llm_pool.handles)
+    settings = EpisodeSettings.from_sections(cfg.llm, cfg.env, cfg.agent, cfg.memory)
 
     async def play() -> list:
         async def one(task, epoch):
             env = AsyncEnv(make_env(cfg.env, cache_dir=CACHE))
             try:
-                return await run_episode(EpisodeSpec(task, epoch, seed=0, run_id="learner-test"), env, pool, None, cfg)
+                return await run_episode(EpisodeSpec(task, epoch, seed=0, run_id="learner-test"), env, pool, None,
+                                         settings)
             finally:
                 await env.close()
         return await asyncio.gather(*(one(t, e) for e in range(epochs) for t in tasks))
@@ -92,7 +94,7 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
     import ray
 
     from cluster.config import LearnerConfig
-    from learner.learner import start_learner
+    from cluster.wiring import start_learner
 
     started = time.monotonic()
     cfg = LearnerConfig(enabled=True, batch_size=4, publish_interval=1, max_staleness=8, lr=1e-3, micro_batch=8,
@@ -100,8 +102,7 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
     model = llm_pool_model(llm_pool)
     out = tmp_path / "learner"
     # the session's engine outlives this learner and other tests publish low versions on it: start at V0 = 100
-    first = start_learner(cfg, model, redis_url, out, "lt", engines=llm_pool.handles, cache_dir=str(CACHE),
-                          initial_version=V0)
+    first = start_learner(cfg, model, redis_url, out, "lt", engines=llm_pool.handles, initial_version=V0)
     assert ray.get(first.publish_current.remote()) == V0  # rollouts now run on a version this learner owns
 
     trajs = _episodes(llm_pool, n_tasks=4, epochs=4)  # 16 episodes, groups of 4 per task
@@ -142,7 +143,7 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
     assert at_kill >= 3
 
     # 3. a new learner resumes from the checkpoint and finishes the buffer
-    second = start_learner(cfg, model, redis_url, out, "lt", engines=llm_pool.handles, cache_dir=str(CACHE))
+    second = start_learner(cfg, model, redis_url, out, "lt", engines=llm_pool.handles)
     resumed = ray.get(second.state.remote())
     assert resumed["resumed_from"] == at_kill and resumed["version"] == V0 + at_kill  # publish_interval 1
     final = ray.get(second.run.remote(burst=True, block_ms=200), timeout=120)

@@ -14,8 +14,9 @@ import redis
 
 from cluster.config import MemoryConfig
 from cluster.services import RedisServer
+from cluster.wiring import start_shards
 from memory_server import keys
-from memory_server.client import MemoryClient, start_shards
+from memory_server.client import MemoryClient
 from memory_server.records import MemoryRecord, Provenance, decode_reward_event
 from memory_server.shard import MemoryShard
 from memory_server.store import MemoryStore
@@ -78,7 +79,7 @@ def _writer(client: MemoryClient, w: int, ids: list[str], n: int, rng_seed: int)
         chosen = list(rng.choice(ids, size=3, replace=False))
         reward = 1.0 if rng.random() < 0.5 else -1.0
         for _ in range(2):  # every episode's event is delivered twice: the second must have no effect
-            client.feedback(f"w{w}-ep{i}", chosen, reward=reward)
+            client.feedback_blocking(f"w{w}-ep{i}", chosen, reward=reward)
 
 
 @pytest.mark.slow
@@ -139,7 +140,7 @@ def test_malformed_event_goes_to_dead_letter_and_the_shard_goes_on(redis_url: st
     rc.xadd(stream, {"e": b"\x93not msgpack of an event"})
     rc.xadd(stream, {"other": "field"})
     cfg = MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)
-    MemoryClient([shard], redis_url, cfg).feedback("ep-1", ["m0000"], 1.0)
+    MemoryClient([shard], redis_url, cfg).feedback_blocking("ep-1", ["m0000"], 1.0)
     shard.drain()
     dead = rc.xrange(keys.dead_letter_stream(ns))
     assert len(dead) == 2 and all(b"reason" in f for _, f in dead)
@@ -154,7 +155,7 @@ def test_restarted_shard_applies_its_unacknowledged_backlog(redis_url: str) -> N
     shard.add(_records(3, ns))
     cfg = MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)
     for i in range(5):
-        MemoryClient([shard], redis_url, cfg).feedback(f"ep{i}", ["m0000", "m0001"], 1.0)
+        MemoryClient([shard], redis_url, cfg).feedback_blocking(f"ep{i}", ["m0000", "m0001"], 1.0)
     # Simulate a crash after reading, before applying: entries delivered but never acknowledged.
     rc.xreadgroup("shards", shard.consumer, {keys.reward_stream(ns, 0): ">"}, count=100)
     again = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
@@ -173,7 +174,7 @@ def test_redis_restart_with_aof_keeps_every_acknowledged_event(tmp_path: Path) -
         cfg = MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)
         client = MemoryClient([shard], server.url, cfg)
         for i in range(50):
-            client.feedback(f"ep{i}", [f"m{i % 5:04d}"], 1.0 if i % 3 else -1.0)
+            client.feedback_blocking(f"ep{i}", [f"m{i % 5:04d}"], 1.0 if i % 3 else -1.0)
         shard.drain()
         before = {r.id: (r.q, r.visits) for r in MemoryStore(shard.client, ns, 1).get([f"m{i:04d}" for i in range(5)])}
         server.kill()
@@ -194,13 +195,13 @@ def test_rollback_restores_the_snapshot_exactly(redis_url: str, tmp_path: Path) 
     shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
     ids = shard.add(_records(6, ns))
     client = MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA))
-    client.feedback("ep-a", ids[:3], 1.0)
+    client.feedback_blocking("ep-a", ids[:3], 1.0)
     shard.drain()
     store = MemoryStore(rc, ns, 1)
     snap = tmp_path / "mem.msgpack"
     store.snapshot(snap)
     before = store.get(ids)
-    client.feedback("ep-b", ids, -1.0)
+    client.feedback_blocking("ep-b", ids, -1.0)
     shard.add(_records(9, ns, seed=1)[6:])
     shard.drain()
     assert store.get(ids) != before
@@ -238,7 +239,7 @@ def test_memory_cli_stats_snapshot_rollback_export_import(redis_url: str, tmp_pa
     ns = "cli"
     shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
     ids = shard.add(_records(4, ns))
-    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback("ep", ids[:2], 1.0)
+    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback_blocking("ep", ids[:2], 1.0)
     shard.drain()
     root = Path(__file__).resolve().parents[2]
 
@@ -255,7 +256,7 @@ def test_memory_cli_stats_snapshot_rollback_export_import(redis_url: str, tmp_pa
     assert from_file.returncode == 0 and from_file.stdout == res.stdout
     top = epiq("top", "--namespace", ns, "-k", "1")
     assert top.stdout.startswith(ids[0][:12]) or top.stdout.startswith(ids[1][:12])
-    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback("ep2", ids, -1.0)
+    MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback_blocking("ep2", ids, -1.0)
     shard.drain()
     assert epiq("stats", "--namespace", ns).stdout != res.stdout
     assert epiq("rollback", "--namespace", ns, "--in", str(snap)).returncode == 0

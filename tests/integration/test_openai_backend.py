@@ -193,7 +193,7 @@ def test_best_choice_matching() -> None:
 
 def test_an_agent_episode_runs_on_the_openai_backend(server: str, tmp_path: Path) -> None:
     """Memory-only mode's agent loop on an OpenAI-compatible endpoint: a TextWorld episode plays to its end."""
-    from actors.agent import EpisodeSpec, run_episode
+    from actors.agent import EpisodeSettings, EpisodeSpec, run_episode
     from actors.envs import AsyncEnv, make_env, task_set
     from cluster.config import Config, EnvConfig
 
@@ -205,7 +205,8 @@ def test_an_agent_episode_runs_on_the_openai_backend(server: str, tmp_path: Path
     async def episode():
         env, llm = AsyncEnv(make_env(env_cfg, ROOT / ".cache")), OpenAIClient(cfg.llm)
         try:
-            return await run_episode(EpisodeSpec(task, epoch=0, seed=0), env, llm, None, cfg)
+            return await run_episode(EpisodeSpec(task, epoch=0, seed=0), env, llm, None,
+                                     EpisodeSettings.from_sections(cfg.llm, cfg.env, cfg.agent, cfg.memory))
         finally:
             await llm.shutdown()
             await env.close()

@@ -66,7 +66,8 @@ def test_q_of_memories_that_led_to_failures_ends_below_those_that_led_to_success
     from actors.envs import make_env, task_set
     from actors.prompting import experience_text
     from cluster.job import _run_one, mode_config, seed_config
-    from memory_server.client import MemoryClient, start_shards
+    from cluster.wiring import start_shards
+    from memory_server.client import MemoryClient
     from memory_server.embedder import load_embedder
     from memory_server.store import MemoryStore
 

@@ -43,8 +43,7 @@ def _episodes(run_dir: Path) -> list[dict]:
 def test_killed_rollout_actor_is_replaced_and_nothing_is_lost_or_doubled(llm_pool, redis_url: str, tmp_path: Path) -> None:
     import ray
 
-    from actors.rollout import start_rollout_workers
-    from memory_server.client import start_shards
+    from cluster.wiring import start_rollout_workers, start_shards
     from memory_server.store import MemoryStore
 
     cfg = _config(memory=MemoryConfig(namespace="kill", shards=2, delta=0.0),
@@ -57,7 +56,7 @@ def test_killed_rollout_actor_is_replaced_and_nothing_is_lost_or_doubled(llm_poo
     def spawn(i: int):
         return start_rollout_workers(cfg, _model(), llm_pool.handles, shards, redis_url, first_id=i, count=1)[0]
 
-    sched = Scheduler(cfg, tasks, spawn, recorder, run_id="kill-test")
+    sched = Scheduler(cfg, tasks, spawn, run_id="kill-test")
     killed: list[int] = []
 
     def killer() -> None:  # SIGKILL actor 0's process once epoch 0 has results and episodes are in flight
@@ -73,7 +72,7 @@ def test_killed_rollout_actor_is_replaced_and_nothing_is_lost_or_doubled(llm_poo
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        sched.run_seed(0)
+        sched.run_seed(0, recorder)
     finally:
         thread.join(timeout=5)
         sched.shutdown()
@@ -131,7 +130,7 @@ def test_alfworld_episode_runs_through_a_rollout_actor(llm_pool) -> None:
     import ray
 
     from actors.envs.alfworld_env import ARCHIVE, shared_data_dir
-    from actors.rollout import start_rollout_workers
+    from cluster.wiring import start_rollout_workers
 
     if not (shared_data_dir() / ARCHIVE).is_file() and not (CACHE / "alfworld").is_dir():
         pytest.skip(f"ALFWorld game files not found under {shared_data_dir()} (set EPIQ_SHARED_DATA)")
@@ -149,7 +148,8 @@ def test_alfworld_episode_runs_through_a_rollout_actor(llm_pool) -> None:
 
 
 def test_a_retried_episode_gets_its_first_retrieval(ray_session, redis_url: str) -> None:
-    from memory_server.client import MemoryClient, start_shards
+    from cluster.wiring import start_shards
+    from memory_server.client import MemoryClient
     from memory_server.records import MemoryRecord, Provenance
 
     cfg = MemoryConfig(namespace="pin", shards=1, delta=-1.0, k1=5, k2=2, epsilon=1.0)  # ε=1: random picks

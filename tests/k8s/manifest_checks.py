@@ -277,7 +277,7 @@ def group_offer(group: dict) -> dict[str, float]:
 
 def demands(cfg) -> list[tuple[str, int, dict[str, float]]]:
     """(config section, actor count, what one actor asks Ray for) for each component the config places."""
-    from memory_server.client import start_shards
+    from cluster.wiring import start_shards
 
     out = []
     if cfg.memory.enabled:

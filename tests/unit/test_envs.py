@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from actors.envs import AsyncEnv, Observation, StepResult, TaskSpec, TextEnv, make_env, make_executor, task_set
+from actors.envs import AsyncEnv, Observation, StepResult, TaskSpec, TextEnv, make_env, task_set
 from actors.envs.textworld_env import challenge_settings, game_path, generate_game
 from cluster.config import EnvConfig
 
@@ -136,7 +137,7 @@ def test_async_env_runs_an_episode_off_the_event_loop(cache: Path, task: TaskSpe
                 await asyncio.sleep(0.001)
 
         beat = asyncio.create_task(heartbeat())
-        executor = make_executor(CFG)
+        executor = ThreadPoolExecutor(max_workers=CFG.workers)
         env = AsyncEnv(make_env(CFG, cache), executor)
         obs = await env.reset(task)
         for action in obs.info["walkthrough"]:

@@ -148,7 +148,7 @@ def test_positive_logprobs_are_rejected() -> None:
 
 
 def test_rollout_capacity_is_areals_admission_rule() -> None:
-    from learner.losses import rollout_capacity
+    from cluster.scheduler import rollout_capacity
 
     assert rollout_capacity(0, max_staleness=2, batch_size=8) == 24  # before any update: eta + 1 batches
     assert rollout_capacity(3, max_staleness=2, batch_size=8) == 48

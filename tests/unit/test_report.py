@@ -119,16 +119,12 @@ def test_report_cli_expands_a_modes_folder_in_config_order(tmp_path: Path, capsy
 
 def test_admission_control_bounds_dispatch_by_learner_version() -> None:
     """AReaL admission: at most (version - start version + η + 1) x batch_size episodes dispatched."""
-    from cluster.scheduler import Scheduler
+    from cluster.scheduler import Admission
 
-    cfg = build({"llm": {"enable_lora": True}, "learner": {"enabled": True, "max_staleness": 1, "batch_size": 4}})
     version = [3]
-    sched = Scheduler(cfg, [], lambda i: object(), recorder=None, learner_version=lambda: version[0])  # type: ignore[arg-type]
-    assert sched._admissible() == 8  # (0 + 1 + 1) * 4
-    sched.dispatched = 8
-    assert sched._admissible() == 0 and sched.held_back == 1
+    admission = Admission(lambda: version[0], max_staleness=1, batch_size=4)
+    assert admission.room() == 8  # (0 + 1 + 1) * 4
+    admission.dispatched = 8
+    assert admission.room() == 0 and admission.held_back == 1
     version[0] = 4  # the learner published one more version: one more batch may start
-    assert sched._admissible() == 4
-    free = Scheduler(cfg, [], lambda i: object(), recorder=None)  # type: ignore[arg-type]
-    free.dispatched = 10**6
-    assert free._admissible() > 0  # no learner: no admission limit
+    assert admission.room() == 4

@@ -1,0 +1,42 @@
+"""The explicit factories of the environment families: ``env.name`` -> implementation, one file each.
+
+Heavy libraries (textworld, alfworld) are imported only when their family is asked for.
+
+    env = make_env(cfg.env, cache_dir)            # a TextEnv
+    tasks = task_set(cfg.env, cache_dir)          # the config's TaskSpecs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.config import EnvConfig
+from actors.envs.base import TaskSpec, TextEnv
+
+
+def make_env(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> TextEnv:
+    """The environment named by ``cfg.name`` (heavy libraries are imported only here)."""
+    if cfg.name == "textworld":
+        from actors.envs.textworld_env import TextWorldEnv
+
+        return TextWorldEnv(cfg, cache_dir)
+    elif cfg.name == "alfworld":
+        from actors.envs.alfworld_env import AlfWorldEnv
+
+        return AlfWorldEnv(cfg, cache_dir)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")
+
+
+def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = False) -> list[TaskSpec]:
+    """The config's tasks (see each env's ``task_set``); ``heldout``: the unseen transfer-check tasks."""
+    if cfg.name == "textworld":
+        from actors.envs.textworld_env import task_set as textworld_tasks
+
+        return textworld_tasks(cfg, heldout=heldout)
+    if heldout:
+        raise ValueError("env.heldout_seeds: a held-out task set is defined for TextWorld only")
+    elif cfg.name == "alfworld":
+        from actors.envs.alfworld_env import task_set as alfworld_tasks
+
+        return alfworld_tasks(cfg, cache_dir)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")

@@ -1,0 +1,38 @@
+"""Where library caches live: HF, vLLM, matplotlib and Triton caches inside the project's cache folder, offline.
+
+The driver sets these in its own environment and passes them to every actor it starts (the actor's Ray runtime
+environment), so components never set process-global state themselves. A component's own command-line entry
+point (e.g. ``python -m actors.envs.distractors``) calls ``redirect_caches`` before its heavy imports.
+
+    env = cache_env(Path(".cache"))          # {"HF_HOME": ".../.cache/huggingface", ...}
+    redirect_caches(Path(".cache"))          # the same, into os.environ (existing values win)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_env(cache_dir: str | Path) -> dict[str, str]:
+    """The environment variables that point library caches into ``cache_dir`` and keep the hubs offline."""
+    root = Path(cache_dir).resolve()
+    return {
+        "HF_HOME": str(root / "huggingface"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": str(root / "vllm"),
+        "VLLM_CONFIG_ROOT": str(root / "vllm-config"),
+        "MPLCONFIGDIR": str(root / "matplotlib"),
+        "TRITON_CACHE_DIR": str(root / "triton"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": "WARNING",  # per-engine INFO lines would flood the engine logs
+    }
+
+
+def redirect_caches(cache_dir: str | Path) -> dict[str, str]:
+    """Set ``cache_env(cache_dir)`` in this process's environment (values already set win); returns it."""
+    env = cache_env(cache_dir)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return env

@@ -2,8 +2,9 @@
 
 Owns: the typed wire message of one trajectory (``TrainTrajectory`` / ``TrainTurn``; msgpack, a format version,
 token ids and behaviour logprobs as bytes + dtype + shape), ``TrajectoryBuffer.put`` (what rollout code calls),
-and the learner's side: reading through a consumer group (its own un-acknowledged entries first after a restart),
-skipping episodes already trained on, dead-lettering malformed entries, and ``commit`` — the Lua script that marks
+and the learner's side: reading through a consumer group (``common.streams.StreamConsumer``: its own
+un-acknowledged entries first after a restart), skipping episodes already trained on, dead-lettering malformed
+entries, and ``commit`` — the Lua script that marks
 a checkpointed step's episodes as trained and acknowledges its entries in one atomic call.
 
 Exactly-once: an entry is acknowledged only by ``commit``, which the learner calls after a checkpoint covering the
@@ -28,12 +29,17 @@ import msgpack
 import numpy as np
 import redis
 
-from memory_server import keys
-from memory_server.records import WireError, _get, _pack, _unpack, decode_array, encode_array
+from common.streams import StreamConsumer, field_decoder
+from common.wire import WireError, decode_array, encode_array, field_of, pack, unpack
+from learner import keys
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "learner"  # stable: a restarted learner re-reads its own pending entries first
+
+
+def _str(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
 @dataclass
@@ -92,12 +98,12 @@ def encode_trajectory(t: TrainTrajectory) -> bytes:
               "output": encode_array(np.asarray(x.output_ids, dtype="<i4")),
               "logprobs": encode_array(np.asarray(x.logprobs, dtype="<f8")),
               "version": int(x.adapter_version)} for x in t.turns]
-    return _pack("trajectory", {"episode_id": t.episode_id, "task_id": t.task_id, "epoch": int(t.epoch),
+    return pack("trajectory", {"episode_id": t.episode_id, "task_id": t.task_id, "epoch": int(t.epoch),
                                 "seed": int(t.seed), "reward": float(t.reward), "turns": turns})
 
 
 def _ids(obj: dict, name: str, what: str) -> list[int]:
-    arr = decode_array(_get(obj, name, dict, what))
+    arr = decode_array(field_of(obj, name, dict, what))
     if arr.dtype.str != "<i4" or arr.ndim != 1:
         raise WireError(f"{what}: {name} must be a 1-D <i4 array, got {arr.dtype.str} shape {arr.shape}")
     return arr.tolist()
@@ -106,20 +112,20 @@ def _ids(obj: dict, name: str, what: str) -> list[int]:
 def decode_trajectory(data: bytes) -> TrainTrajectory:
     """The trajectory in ``data``, or WireError naming what is wrong (never unpickles)."""
     what = "trajectory"
-    obj = _unpack(data, what)  # the envelope (bytes, msgpack map, format version, type) as for memory records
+    obj = unpack(data, what)  # the envelope (bytes, msgpack map, format version, type) as for memory records
     turns = []
-    for i, tobj in enumerate(_get(obj, "turns", list, what)):
+    for i, tobj in enumerate(field_of(obj, "turns", list, what)):
         if not isinstance(tobj, dict):
             raise WireError(f"{what}: turn {i} is not a map")
-        lp = decode_array(_get(tobj, "logprobs", dict, f"turn {i}"))
+        lp = decode_array(field_of(tobj, "logprobs", dict, f"turn {i}"))
         if lp.dtype.str != "<f8" or lp.ndim != 1:
             raise WireError(f"turn {i}: logprobs must be a 1-D <f8 array")
         turns.append(TrainTurn(_ids(tobj, "prompt", f"turn {i}"), _ids(tobj, "output", f"turn {i}"), lp.tolist(),
-                               _get(tobj, "version", int, f"turn {i}")))
+                               field_of(tobj, "version", int, f"turn {i}")))
     try:
-        return TrainTrajectory(_get(obj, "episode_id", str, what), _get(obj, "task_id", str, what),
-                               _get(obj, "epoch", int, what), _get(obj, "seed", int, what),
-                               _get(obj, "reward", float, what), turns)
+        return TrainTrajectory(field_of(obj, "episode_id", str, what), field_of(obj, "task_id", str, what),
+                               field_of(obj, "epoch", int, what), field_of(obj, "seed", int, what),
+                               field_of(obj, "reward", float, what), turns)
     except ValueError as e:  # __post_init__ checks
         raise WireError(f"{what}: {e}") from None
 
@@ -136,7 +142,12 @@ class TrajectoryBuffer:
         self.meta = keys.learner_meta(namespace)
         self.maxlen = maxlen  # None: never trim (trimming could drop entries the learner has not read)
         self._commit = self.client.register_script(keys.COMMIT_STEP)
-        self._backlog = True  # the consumer's own pending entries (from before a restart) come first
+        # The learner's side of the stream; its own pending entries (from before a restart) come first.
+        # Entries are acknowledged by ``commit`` (COMMIT_STEP), not by the reader.
+        self.reader: StreamConsumer[TrainTrajectory] = StreamConsumer(
+            self.client, self.stream, keys.LEARNER_GROUP, CONSUMER, decode=field_decoder("t", decode_trajectory),
+            dead_letter=self.dead_letter, logger=log,
+            dead_letter_log="trajectory entry %(entry)s is malformed (%(reason)s): sent to %(dead_letter)s")
         self.stats = {"read": 0, "duplicate": 0, "dead_letter": 0}
 
     # ------------------------------------------------------------------ rollout side
@@ -159,11 +170,8 @@ class TrajectoryBuffer:
     # ------------------------------------------------------------------ learner side
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, keys.LEARNER_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        """Create the learner's consumer group (and the stream) unless it exists."""
+        self.reader.ensure_group()
 
     def read(self, count: int, block_ms: int | None = None,
              skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, TrainTrajectory | None]]:
@@ -173,38 +181,12 @@ class TrajectoryBuffer:
         (malformed -> dead letter; episode already trained, or in ``skip``) but still has to be acknowledged
         by the next ``commit``.
         """
-        self.ensure_group()
-        entries: list = []
-        if self._backlog:
-            reply = self.client.xreadgroup(keys.LEARNER_GROUP, CONSUMER, {self.stream: "0"}, count=count)
-            entries = list(reply[0][1]) if reply else []
-            self._backlog = len(entries) == count  # fewer: the backlog is done, new entries next
-        if len(entries) < count and not self._backlog:
-            reply = self.client.xreadgroup(keys.LEARNER_GROUP, CONSUMER, {self.stream: ">"},
-                                           count=count - len(entries), block=block_ms)
-            entries += reply[0][1] if reply else []
-        out: list[tuple[str, TrainTrajectory | None]] = []
-        dead = []
-        for entry_id, fields in entries:
-            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            if fields is None:  # deleted while pending
-                out.append((entry_id, None))
-                continue
-            try:
-                if b"t" not in fields:
-                    raise WireError("entry has no 't' field")
-                out.append((entry_id, decode_trajectory(fields[b"t"])))
-            except WireError as e:
-                dead.append((entry_id, fields, str(e)))
-                out.append((entry_id, None))
-        if dead:
-            pipe = self.client.pipeline(transaction=False)
-            for entry_id, fields, reason in dead:
-                pipe.xadd(self.dead_letter, {"stream": self.stream, "entry": entry_id, "reason": reason,
-                                             "raw": repr(fields)[:2000]})
-                log.warning("trajectory entry %s is malformed (%s): sent to %s", entry_id, reason, self.dead_letter)
-            pipe.execute()
-            self.stats["dead_letter"] += len(dead)
+        self.reader.ensure_group()
+        # The backlog ends with the first short read; the same call then tops the batch up with new entries.
+        entries = [(_str(e), f) for e, f in self.reader.read(count, block_ms)]
+        items, dead = self.reader.decode(entries)  # deleted while pending or malformed: None
+        out: list[tuple[str, TrainTrajectory | None]] = [(_str(e), t) for e, t in items]
+        self.stats["dead_letter"] += self.reader.dead_letter(dead)
         good = [(i, t) for i, t in out if t is not None]
         if good:
             seen = self.client.smismember(self.trained, [t.episode_id for _, t in good])
@@ -240,11 +222,8 @@ class TrajectoryBuffer:
 
     def backlog(self) -> int:
         """Entries not yet acknowledged: pending with the learner plus not yet read (the admission signal)."""
-        self.ensure_group()
-        for g in self.client.xinfo_groups(self.stream):
-            if g["name"] in (keys.LEARNER_GROUP, keys.LEARNER_GROUP.encode()):
-                return int(g["pending"]) + int(g.get("lag") or 0)
-        return 0
+        self.reader.ensure_group()
+        return self.reader.unacknowledged()
 
     def dead_letters(self) -> list[dict]:
         return [{k.decode(): v.decode(errors="replace") for k, v in f.items()}

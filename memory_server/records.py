@@ -1,8 +1,9 @@
 """Typed wire messages of the memory: records, provenance and reward events, encoded with msgpack.
 
-Owns: the ``MemoryRecord`` / ``Provenance`` / ``RewardEvent`` dataclasses, their msgpack encoding
-(arrays travel as bytes + dtype + shape, every message carries ``FORMAT_VERSION`` and a type tag) and
-embedding checks. Decoding never unpickles; anything malformed is a ``WireError`` naming the problem.
+Owns: the ``MemoryRecord`` / ``Provenance`` / ``RewardEvent`` dataclasses, their msgpack encoding and
+embedding checks. The envelope (``FORMAT_VERSION`` and a type tag on every message, arrays as bytes + dtype +
+shape) and ``WireError`` are ``common.wire``'s, re-exported here. Decoding never unpickles; anything malformed
+is a ``WireError`` naming the problem.
 
     blob = encode_record(rec); rec2 = decode_record(blob)            # rec2 == rec
     vec = check_embedding(vec, dim=embedder.dim)                     # EmbeddingError on NaN/inf/shape
@@ -16,17 +17,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgpack
 import numpy as np
 
-FORMAT_VERSION = 1
+from common.wire import FORMAT_VERSION, WireError, decode_array, encode_array, field_of, pack, str_list_of, unpack
+
+__all__ = ["FORMAT_VERSION", "KINDS", "EmbeddingError", "Kind", "MemoryRecord", "Provenance", "RewardEvent", "WireError",
+           "check_embedding", "decode_array", "decode_record", "decode_reward_event", "encode_array", "encode_record",
+           "encode_reward_event"]  # FORMAT_VERSION, WireError and the array helpers are common.wire's, re-exported
+
 Kind = Literal["success", "failure"]
 KINDS: tuple[str, ...] = ("success", "failure")
-_ARRAY_DTYPES = {"<f4", "<f8", "<i4", "<i8"}  # what may arrive as an array; embeddings must be <f4
-
-
-class WireError(ValueError):
-    """Bytes that are not a valid message of the expected type and version; the message says why."""
 
 
 class EmbeddingError(ValueError):
@@ -129,75 +129,11 @@ class RewardEvent:
             raise ValueError(f"reward must be finite, got {self.reward}")
 
 
-# --------------------------------------------------------------------------- encoding helpers
-
-def encode_array(arr: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(arr)
-    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
-
-
-def decode_array(obj: Any) -> np.ndarray:
-    if not isinstance(obj, dict):
-        raise WireError(f"array: expected a map, got {type(obj).__name__}")
-    dtype, shape, data = _get(obj, "dtype", str, "array"), _get(obj, "shape", list, "array"), _get(obj, "data", bytes, "array")
-    if dtype not in _ARRAY_DTYPES:
-        raise WireError(f"array: dtype {dtype!r} not allowed (allowed: {sorted(_ARRAY_DTYPES)})")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise WireError(f"array: bad shape {shape!r}")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
-    if len(data) != expected:
-        raise WireError(f"array: {len(data)} data bytes for shape {shape} and dtype {dtype} (expected {expected})")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
-
-
-def _get(obj: dict, name: str, tp: type | tuple[type, ...], what: str) -> Any:
-    try:
-        value = obj[name]
-    except KeyError:
-        raise WireError(f"{what}: missing field {name!r}") from None
-    if type(value) is tp:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (isinstance(value, bool) and tp in (int, float)):
-        names = tp.__name__ if isinstance(tp, type) else " or ".join(t.__name__ for t in tp)
-        raise WireError(f"{what}: field {name!r} must be {names}, got {type(value).__name__}")
-    return value
-
-
-def _str_list(obj: dict, name: str, what: str) -> list[str]:
-    value = _get(obj, name, list, what)
-    if not all(isinstance(v, str) for v in value):
-        raise WireError(f"{what}: field {name!r} must be a list of strings")
-    return value
-
-
-def _pack(type_: str, body: dict[str, Any]) -> bytes:
-    return msgpack.packb({"v": FORMAT_VERSION, "type": type_, **body}, use_bin_type=True)
-
-
-def _unpack(data: bytes, type_: str) -> dict:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError(f"{type_}: expected bytes, got {type(data).__name__}")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise WireError(f"{type_}: not a valid msgpack message ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise WireError(f"{type_}: expected a msgpack map, got {type(obj).__name__}")
-    version = obj.get("v")
-    if version != FORMAT_VERSION:
-        raise WireError(f"{type_}: format version {version!r}, this code reads version {FORMAT_VERSION}")
-    if obj.get("type") != type_:
-        raise WireError(f"expected a {type_!r} message, got type {obj.get('type')!r}")
-    return obj
-
-
 # --------------------------------------------------------------------------- messages
 
 def encode_record(rec: MemoryRecord) -> bytes:
     p = rec.provenance
-    return _pack("memory", {
+    return pack("memory", {
         "id": rec.id, "namespace": rec.namespace, "intent": rec.intent, "embedding": encode_array(rec.embedding),
         "experience": rec.experience, "kind": rec.kind, "q": float(rec.q), "visits": int(rec.visits),
         "last_reward": None if rec.last_reward is None else float(rec.last_reward),
@@ -209,25 +145,26 @@ def encode_record(rec: MemoryRecord) -> bytes:
 
 
 def decode_record(data: bytes) -> MemoryRecord:
-    obj = _unpack(data, "memory")
+    obj = unpack(data, "memory")
     what = "memory"
-    pobj = _get(obj, "provenance", dict, what)
+    pobj = field_of(obj, "provenance", dict, what)
+    pw = "provenance"
     prov = Provenance(
-        episode_id=_get(pobj, "episode_id", str, "provenance"), task_id=_get(pobj, "task_id", str, "provenance"),
-        env=_get(pobj, "env", str, "provenance"), model_id=_get(pobj, "model_id", str, "provenance"),
-        adapter_version=_get(pobj, "adapter_version", int, "provenance"), writer=_get(pobj, "writer", str, "provenance"),
-        retrieved_ids=_str_list(pobj, "retrieved_ids", "provenance"))
-    embedding = decode_array(_get(obj, "embedding", dict, what))
+        episode_id=field_of(pobj, "episode_id", str, pw), task_id=field_of(pobj, "task_id", str, pw),
+        env=field_of(pobj, "env", str, pw), model_id=field_of(pobj, "model_id", str, pw),
+        adapter_version=field_of(pobj, "adapter_version", int, pw), writer=field_of(pobj, "writer", str, pw),
+        retrieved_ids=str_list_of(pobj, "retrieved_ids", pw))
+    embedding = decode_array(field_of(obj, "embedding", dict, what))
     if embedding.dtype != np.float32:
         raise WireError(f"memory: embedding dtype must be float32, got {embedding.dtype}")
     last_reward = obj.get("last_reward")
     fields = dict(
-        id=_get(obj, "id", str, what), namespace=_get(obj, "namespace", str, what),
-        intent=_get(obj, "intent", str, what), embedding=embedding,
-        experience=_get(obj, "experience", str, what), kind=_get(obj, "kind", str, what),
-        q=_get(obj, "q", float, what), visits=_get(obj, "visits", int, what),
-        last_reward=None if last_reward is None else _get(obj, "last_reward", float, what),
-        created_at=_get(obj, "created_at", float, what), updated_at=_get(obj, "updated_at", float, what))
+        id=field_of(obj, "id", str, what), namespace=field_of(obj, "namespace", str, what),
+        intent=field_of(obj, "intent", str, what), embedding=embedding,
+        experience=field_of(obj, "experience", str, what), kind=field_of(obj, "kind", str, what),
+        q=field_of(obj, "q", float, what), visits=field_of(obj, "visits", int, what),
+        last_reward=None if last_reward is None else field_of(obj, "last_reward", float, what),
+        created_at=field_of(obj, "created_at", float, what), updated_at=field_of(obj, "updated_at", float, what))
     try:
         return MemoryRecord(provenance=prov, **fields)
     except ValueError as e:  # EmbeddingError and __post_init__ checks
@@ -235,18 +172,18 @@ def decode_record(data: bytes) -> MemoryRecord:
 
 
 def encode_reward_event(ev: RewardEvent) -> bytes:
-    return _pack("reward", {"episode_id": ev.episode_id, "memory_ids": list(ev.memory_ids), "reward": float(ev.reward),
-                            "time": float(ev.time), "adapter_version": int(ev.adapter_version),
-                            "memory_version": int(ev.memory_version)})
+    return pack("reward", {"episode_id": ev.episode_id, "memory_ids": list(ev.memory_ids), "reward": float(ev.reward),
+                           "time": float(ev.time), "adapter_version": int(ev.adapter_version),
+                           "memory_version": int(ev.memory_version)})
 
 
 def decode_reward_event(data: bytes) -> RewardEvent:
-    obj = _unpack(data, "reward")
+    obj = unpack(data, "reward")
     what = "reward"
-    fields = dict(episode_id=_get(obj, "episode_id", str, what), memory_ids=_str_list(obj, "memory_ids", what),
-                  reward=_get(obj, "reward", float, what), time=_get(obj, "time", float, what),
-                  adapter_version=_get(obj, "adapter_version", int, what),
-                  memory_version=_get(obj, "memory_version", int, what))
+    fields = dict(episode_id=field_of(obj, "episode_id", str, what), memory_ids=str_list_of(obj, "memory_ids", what),
+                  reward=field_of(obj, "reward", float, what), time=field_of(obj, "time", float, what),
+                  adapter_version=field_of(obj, "adapter_version", int, what),
+                  memory_version=field_of(obj, "memory_version", int, what))
     try:
         return RewardEvent(**fields)
     except ValueError as e:  # __post_init__ checks

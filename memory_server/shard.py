@@ -1,10 +1,11 @@
 """One memory shard: the in-memory index of the memories whose ids hash to it, and its reward-stream consumer.
 
 Owns: rebuilding its index (embeddings, Q, records) from Redis at start, Phase A search over its memories,
-adding new memories, and applying the reward events of its Redis stream through a consumer group —
-its own un-acknowledged entries first after a restart, then new ones, and entries left pending by any dead
-consumer (XAUTOCLAIM). Effects are exactly-once: the store's Lua script applies an (episode, memory) pair once,
-and an entry is acknowledged only after it was applied. A malformed entry goes to the dead-letter stream.
+adding new memories, and applying the reward events of its Redis stream through a consumer group
+(``common.streams.StreamConsumer``) — its own un-acknowledged entries first after a restart, then new ones, and
+entries left pending by any dead consumer (XAUTOCLAIM). Effects are exactly-once: the store's Lua script applies
+an (episode, memory) pair once, and an entry is acknowledged only after it was applied. A malformed entry goes to
+the dead-letter stream.
 
 A plain class; the cluster makes it a Ray actor (``start_shards``) with restarts, so a killed shard comes back,
 rebuilds from Redis and finishes what it had not acknowledged. Without Ray:
@@ -24,9 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
+from common.streams import StreamConsumer, field_decoder
 from memory_server import keys
 from memory_server.index import VectorIndex, make_index
-from memory_server.records import MemoryRecord, WireError, check_embedding, decode_reward_event
+from memory_server.records import MemoryRecord, RewardEvent, check_embedding, decode_reward_event
 from memory_server.store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -54,13 +56,16 @@ class MemoryShard:
         self.stream = keys.reward_stream(namespace, shard)
         self.dead_letter = keys.dead_letter_stream(namespace)
         self.consumer = f"shard-{shard}"  # stable: a restarted shard re-reads its own pending entries first
+        self.reader: StreamConsumer[RewardEvent] = StreamConsumer(
+            self.client, self.stream, GROUP, self.consumer, decode=field_decoder("e", decode_reward_event),
+            dead_letter=self.dead_letter, logger=log,
+            dead_letter_log="reward entry %(entry)s of %(stream)s is malformed (%(reason)s): sent to %(dead_letter)s")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0}
-        self._ensure_group()
+        self.reader.ensure_group()
         self.rebuild()
-        self._backlog = True  # own pending entries (from before a restart) are processed first
         if consume:
             self.start()
 
@@ -125,52 +130,26 @@ class MemoryShard:
 
     # ------------------------------------------------------------------ reward stream
 
-    def _ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
-
     def consume(self, block_ms: int | None = 100) -> int:
         """Read and apply one batch (own backlog first, then new entries); returns entries handled.
 
         ``block_ms=None`` never waits; otherwise it waits up to ``block_ms`` for new entries.
         """
-        start = "0" if self._backlog else ">"
-        reply = self.client.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=self.batch,
-                                       block=None if self._backlog else block_ms)
-        entries = reply[0][1] if reply else []
-        if self._backlog and not entries:
-            self._backlog = False
-        return self._handle(entries)
+        return self._handle(self.reader.read(self.batch, block_ms, fill=False))
 
     def reclaim(self) -> int:
         """Take over entries another (dead) consumer left pending longer than ``claim_idle_s``, and apply them."""
-        handled, cursor = 0, "0-0"
-        while True:
-            cursor, entries, *_ = self.client.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms,
-                                                         start_id=cursor, count=self.batch)
+        handled = 0
+        for entries in self.reader.reclaim(self.claim_idle_ms, self.batch):
             handled += self._handle(entries)
             self.stats["reclaimed"] += len(entries)
-            if cursor in (b"0-0", "0-0"):
-                return handled
+        return handled
 
     def _handle(self, entries: list) -> int:
         if not entries:
             return 0
-        events: list[tuple[str, str, float]] = []
-        dead = []
-        for entry_id, fields in entries:
-            if fields is None:  # deleted while pending
-                continue
-            try:
-                ev = decode_reward_event(fields[b"e"]) if b"e" in fields else None
-                if ev is None:
-                    raise WireError("entry has no 'e' field")
-                events.extend((m, ev.episode_id, ev.reward) for m in ev.memory_ids)
-            except WireError as e:
-                dead.append((entry_id, fields, str(e)))
+        items, dead = self.reader.decode(entries)  # deleted while pending or malformed: None (acknowledged below)
+        events = [(m, ev.episode_id, ev.reward) for _, ev in items if ev is not None for m in ev.memory_ids]
         results = self.store.apply_rewards(events, self.alpha) if events else []
         with self._lock:
             for res in results:
@@ -181,12 +160,8 @@ class MemoryShard:
                     if res.status == "applied":
                         rec.visits += 1
         pipe = self.client.pipeline(transaction=False)
-        for entry_id, fields, reason in dead:
-            pipe.xadd(self.dead_letter, {"stream": self.stream, "entry": entry_id, "reason": reason,
-                                         "raw": repr(fields)[:2000]})
-            self.stats["dead_letter"] += 1
-            log.warning("reward entry %s of %s is malformed (%s): sent to %s", entry_id, self.stream, reason, self.dead_letter)
-        pipe.xack(self.stream, GROUP, *[e for e, _ in entries])
+        self.stats["dead_letter"] += self.reader.dead_letter(dead, pipe)
+        self.reader.ack([e for e, _ in entries], pipe)
         pipe.execute()
         return len(entries)
 
@@ -194,7 +169,7 @@ class MemoryShard:
         """Apply everything waiting (backlog, new, reclaimable) and return; for tests and batch jobs."""
         total = 0
         for _ in range(max_loops):
-            was_backlog = self._backlog
+            was_backlog = self.reader.in_backlog
             n = self.consume(block_ms=None)
             total += n
             if n == 0 and not was_backlog:
@@ -202,7 +177,7 @@ class MemoryShard:
         return total + self.reclaim()
 
     def pending(self) -> int:
-        return int(self.client.xpending(self.stream, GROUP)["pending"])
+        return self.reader.pending()
 
     # ------------------------------------------------------------------ background loop
 
@@ -222,10 +197,10 @@ class MemoryShard:
                     last_claim = time.monotonic()
             except redis.RedisError as e:  # deliberate retry: the server may be restarting or was flushed
                 log.warning("shard %d: %s: %s; retrying", self.shard, type(e).__name__, e)
-                self._backlog = True
+                self.reader.restart_backlog()
                 self._stop.wait(0.5)
                 with contextlib.suppress(redis.RedisError):
-                    self._ensure_group()  # the stream and group are gone after a flush or a restart without AOF
+                    self.reader.ensure_group()  # the stream and group are gone after a flush or a restart without AOF
 
     def stop(self) -> None:
         self._stop.set()

@@ -104,3 +104,49 @@ def test_check_embedding():
 
 def test_format_version_is_one():
     assert FORMAT_VERSION == 1
+
+
+# --------------------------------------------------------------------------- the envelope (common.wire)
+
+def test_envelope_is_common_wire_and_unchanged():
+    from common import wire
+    from memory_server import records
+
+    assert records.WireError is wire.WireError and records.FORMAT_VERSION == wire.FORMAT_VERSION
+    assert records.encode_array is wire.encode_array and records.decode_array is wire.decode_array
+    # the bytes of a reward event as written before the envelope moved to common.wire: no wire change
+    ev = RewardEvent(episode_id="ep-9", memory_ids=["a", "b"], reward=1.0, time=12.5, adapter_version=4, memory_version=17)
+    assert encode_reward_event(ev).hex() == (
+        "88a17601a474797065a6726577617264aa657069736f64655f6964a465702d39aa6d656d6f72795f69647392a161a162a6726577617264"
+        "cb3ff0000000000000a474696d65cb4029000000000000af616461707465725f76657273696f6e04ae6d656d6f72795f76657273696f6e11")
+    rec = MemoryRecord(namespace="ns", intent="take the coin", embedding=np.arange(4, dtype=np.float32) / 4,
+                       experience="go east", kind="success", provenance=make_record().provenance, id="m0", q=0.25,
+                       visits=3, last_reward=-1.0, created_at=100.0, updated_at=200.5)
+    import hashlib
+
+    assert hashlib.sha256(encode_record(rec)).hexdigest() == \
+        "e2140b4a8ba57c5a0f912826a1413ed1d2f9fa9409e38f55009896d443364d98"
+
+
+def test_wire_pack_unpack_and_field_readers():
+    from common.wire import decode_array, encode_array, field_of, pack, str_list_of, unpack
+
+    blob = pack("probe", {"n": 3, "x": 2, "names": ["a"], "arr": encode_array(np.arange(3, dtype="<i8"))})
+    obj = unpack(blob, "probe")
+    assert obj["v"] == FORMAT_VERSION and obj["type"] == "probe"
+    assert field_of(obj, "n", int, "probe") == 3
+    assert field_of(obj, "x", float, "probe") == 2.0 and type(field_of(obj, "x", float, "probe")) is float
+    assert str_list_of(obj, "names", "probe") == ["a"]
+    assert decode_array(field_of(obj, "arr", dict, "probe")).tolist() == [0, 1, 2]
+    with pytest.raises(WireError, match="expected a 'other' message"):
+        unpack(blob, "other")
+    with pytest.raises(WireError, match="probe: expected bytes"):
+        unpack("text", "probe")  # type: ignore[arg-type]
+    with pytest.raises(WireError, match="probe: missing field 'm'"):
+        field_of(obj, "m", int, "probe")
+    with pytest.raises(WireError, match="field 'n' must be str or bytes, got int"):
+        field_of(obj, "n", (str, bytes), "probe")
+    with pytest.raises(WireError, match="must be int, got bool"):
+        field_of({"b": True}, "b", int, "probe")
+    with pytest.raises(WireError, match="array: expected a map"):
+        decode_array([1, 2])

@@ -160,6 +160,9 @@ def _build_model(out: Path, tokenizer: Any, seed: int, cache_dir: Path, train: d
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the build prints its own progress lines; no tqdm bar on the terminal
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[IM_END], ids[EOS]], pad_token_id=ids[PAD]).save_pretrained(out)
     seeds = [r.seed for r in games]

@@ -322,6 +322,11 @@ class LocalServices:
         link.unlink()
         shutil.move(str(self.ray_temp), str(link))
         self.ray_temp = None
+        latest = link / "session_latest"  # Ray's absolute link into the old place: point it at the moved session
+        if latest.is_symlink():
+            target = Path(os.readlink(latest)).name
+            latest.unlink()
+            latest.symlink_to(target, target_is_directory=True)
 
     # -- checks
     def health(self) -> dict[str, object]:

@@ -1,8 +1,9 @@
 """MemRL retrieval scores and the utility update: pure numpy, no I/O.
 
 Owns: Phase A (similarity gate δ + top-k1), Phase B (z-scored similarity and Q, Q floor, ε-greedy,
-top-k2) and Q <- Q + α(r - Q). Shards run Phase A locally; the router runs Phase A again on the merged
-candidates and then Phase B. Indices returned are positions in the arrays passed in.
+top-k2) and Q <- Q + α(r - Q). Shards run Phase A on their own memories (their index applies δ and k1); the
+router merges the shards' answers into the global top-k1 by similarity (``client.merge_candidates``) and runs
+Phase B on that pool. Indices returned are positions in the arrays passed in.
 
     cand = phase_a(sims, delta=0.3, k1=5)
     picks, scores = phase_b(sims[cand], qs[cand], lam=0.5, k2=3)     # memories = cand[picks]

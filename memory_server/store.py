@@ -2,7 +2,7 @@
 
 Owns: reading and writing the keys of ``keys.py`` through its Lua scripts (registered once per store).
 Every read-modify-write (add, reward, eviction) is one script call, so concurrent writers never race.
-Shards use ``load_shard`` to rebuild their in-memory index; the reward consumer calls ``apply_rewards``.
+Shards stream their records with ``iter_shard`` to rebuild their in-memory index; the reward consumer calls ``apply_rewards``.
 
     store = MemoryStore(redis.Redis.from_url(url), "alfworld", shards=4)
     store.add([rec]); store.apply_rewards([(rec.id, "ep-1", 1.0)], alpha=0.3)

@@ -75,6 +75,9 @@ def test_short_quickstart_runs_end_to_end_and_stops_services(tmp_path: Path, env
     assert _leftovers(info) == []
     assert (run / "config.yaml").is_file() and (run / "driver.log").is_file()
     assert (tmp_path / "r" / "ray").is_dir() and not (tmp_path / "r" / "ray").is_symlink()
+    # a quiet terminal: the engines' and workers' output is in the run folder, not streamed to the driver's
+    assert "(pid=" not in err and "pid=" not in out, err[-2000:]
+    assert list((run / "ray" / "session_latest" / "logs").glob("worker-*.err"))
 
 
 def test_driver_that_raises_stops_its_services(tmp_path: Path, env_without_ray: dict) -> None:

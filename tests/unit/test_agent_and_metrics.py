@@ -122,3 +122,27 @@ def test_scheduler_dispatches_a_group_together_and_the_next_epoch_after_it() -> 
     assert taken == [("a", 0, 0), ("a", 0, 1), ("b", 0, 0), ("b", 0, 1)]  # epoch 1 waits for epoch 0's groups
     del busy["a"]  # a's group came back
     assert (s := _next_free(queue, busy)) is not None and (s.task.task_id, s.epoch) == ("a", 1)
+
+
+def test_timer_sums_named_phases() -> None:
+    import time
+
+    from common.timer import Timer
+
+    timer = Timer("env", "llm")
+    for _ in range(2):
+        with timer("llm"):
+            time.sleep(0.01)
+    d = timer.as_dict()
+    assert d["env"] == 0.0 and d["llm"] >= 0.02 and set(d) == {"env", "llm"}
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path: Path) -> None:
+    """Redirected to a file, the progress line never writes carriage returns (the log stays readable)."""
+    out = io.StringIO()  # not a terminal
+    rec = Recorder(tmp_path, ["a", "b"], 1, progress=out, tensorboard=False)
+    for task in ("a", "b"):
+        rec.record(_traj(task, 0, True))
+    rec.close()
+    text = out.getvalue()
+    assert "\r" not in text and "epoch 1 (seed 0)" in text

@@ -1,11 +1,13 @@
 """A training job on running services: model, inference pool, memory shards, rollout actors, scheduler, summary.
 
-Owns: wiring the components for one run — one vLLM pool for the whole job; per seed a fresh memory namespace
-(``<memory.namespace>-s<seed>``) with its shard actors, rollout actors and the scheduler; the held-out transfer
+Owns: the job's main loop, started through ``cluster.wiring`` — one vLLM pool for the whole job; per seed a fresh
+memory namespace (``<memory.namespace>-s<seed>``) with its shard actors, rollout actors, the learner when the mode
+trains weights (with the scheduler's admission control), and the scheduler; the held-out transfer
 check (``env.heldout_seeds``: one epoch on unseen games with the memory frozen, in ``<run>/heldout``); the mode
 comparison (``run.modes``: none / rag / memrl / lora / memory+lora, one sub-folder each, then the table and plot
-of ``cluster.report``) — and writing ``summary.json``. With ``run.resume`` it continues from the run folder: recorded episodes are skipped and the
-memory is whatever the run's Redis kept (``redis.durable: true`` keeps it across a restart).
+of ``cluster.report``; what a mode switches on is ``cluster.config.MODES``) — and writing ``summary.json``. With
+``run.resume`` it continues from the run folder: recorded episodes are skipped and the memory is whatever the run's
+Redis kept (``redis.durable: true`` keeps it across a restart).
 
     summary = run_job(cfg, run_dir, redis_url)     # called by cluster.train inside LocalServices
 """

@@ -1,5 +1,6 @@
 """Run metrics: every finished episode (``episodes.jsonl``), per-epoch figures (``metrics.jsonl`` + TensorBoard),
-the live progress line, and Last / CSR — the MemRL protocol's two numbers.
+the progress line (live on a terminal; a plain line every ``PROGRESS_EVERY_S`` in a log file), and Last / CSR —
+the MemRL protocol's two numbers.
 
 Owns: appending episodes as they finish (the record that ``run.resume`` continues from), closing an epoch when
 all its tasks are in (success rate, CSR, steps, tokens/s, episodes/s, retrieval hit rate, Q statistics), and

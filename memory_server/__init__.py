@@ -1,1 +1,2 @@
-"""The sharded MemRL memory: records, Redis store, shards, retrieval router and streamed utility updates."""
+"""The sharded MemRL memory: its config section, records, Redis store, shards, retrieval router and streamed utility
+updates."""

@@ -65,6 +65,7 @@ def setup_logging(level: str, run_dir: Path | None = None) -> None:
     if run_dir is not None:
         handlers.append(logging.FileHandler(run_dir / "driver.log"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font-cache notices are not the driver's lines
 
 
 def run(cfg: Config, config_path: str) -> int:

@@ -63,7 +63,8 @@ def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = SHARD_C
                       resources=dict(cfg.resources if resources is None else resources),
                       max_restarts=-1, max_task_retries=0, max_concurrency=8)
         .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index,
-                index_params=index_params(cfg), scan_threads=cfg.scan_threads, claim_idle_s=cfg.claim_idle_s)
+                index_params=index_params(cfg), scan_threads=cfg.scan_threads, claim_idle_s=cfg.claim_idle_s,
+                keep_events=cfg.keep_reward_events)
         for i in range(cfg.shards)
     ]
     ray.get([h.size.remote() for h in handles])  # wait until every shard has loaded its memories

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
-import redis
 
+from common.redis_conn import connect
 from memory_server.config import MemoryConfig
 from memory_server import keys, scoring
 from memory_server.records import MemoryRecord, Provenance, RewardEvent, check_embedding, encode_reward_event
@@ -77,6 +77,7 @@ def by_shard(items: Iterable[Any], shards: int, key: Callable[[Any], str] = str)
 
 
 EMBED_CACHE = 4096  # texts whose embeddings a client keeps
+EVICT_TO = 0.95  # past memory.capacity, a run's writes evict down to this share of it
 T = TypeVar("T")
 
 
@@ -86,11 +87,12 @@ class MemoryClient:
     def __init__(self, shards: Sequence[Any], redis_url: str, cfg: MemoryConfig, embedder: Any = None,
                  seed: int | None = None) -> None:
         self.shards, self.cfg, self.embedder = list(shards), cfg, embedder
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = connect(redis_url)
         self.rng = np.random.default_rng(seed)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> embedding, least recently used first
         self._vectors_lock = threading.Lock()  # embed runs in worker threads (asyncio.to_thread)
         self._loop: asyncio.AbstractEventLoop | None = None  # the blocking helpers' event loop
+        self._evicting = asyncio.Lock()  # capacity enforcement after writes, one at a time
 
     def embed(self, query: str | np.ndarray) -> np.ndarray:
         """The query's embedding; texts are cached (``EMBED_CACHE`` most recent): a task's intent is embedded once
@@ -189,6 +191,7 @@ class MemoryClient:
                            provenance=Provenance(episode_id, task_id, env, model_id, adapter_version, writer,
                                                  list(retrieved_ids)))
         await self.add([rec])
+        await self._keep_within_capacity()
         return rec.id
 
     def initial_q(self, won: bool) -> float:
@@ -232,16 +235,30 @@ class MemoryClient:
     def feedback_blocking(self, episode_id: str, memory_ids: Sequence[str], reward: float, **kw: Any) -> int:
         return self.feedback_many([(episode_id, memory_ids, reward)], **kw)
 
-    def enforce_capacity(self) -> list[str]:
-        """Evict down to ``memory.capacity`` (lowest Q − age weight first) and drop the evicted ids from the shards."""
-        import ray
-
+    async def enforce_capacity(self, target: int | None = None) -> list[str]:
+        """Evict down to ``target`` (default ``memory.capacity``; lowest Q − age weight first) and drop the evicted
+        ids from the shards; returns them."""
         from memory_server.store import MemoryStore
 
         store = MemoryStore(self.redis, self.cfg.namespace, len(self.shards))
-        evicted = store.evict(self.cfg.capacity, self.cfg.evict_age_weight)
-        ray.get([self.shards[s].forget.remote(ids) for s, ids in by_shard(evicted, len(self.shards)).items()])
+        capacity = self.cfg.capacity if target is None else target
+        evicted = await asyncio.to_thread(store.evict, capacity, self.cfg.evict_age_weight)
+        groups = by_shard(evicted, len(self.shards))
+        await asyncio.gather(*[_as_future(self.shards[s].forget.remote(ids)) for s, ids in groups.items()])
         return evicted
+
+    def enforce_capacity_blocking(self, target: int | None = None) -> list[str]:
+        return self._blocking(self.enforce_capacity(target))
+
+    async def _keep_within_capacity(self) -> None:
+        """After a write: past ``memory.capacity``, evict down to ``EVICT_TO`` of it (one O(n) eviction scan per
+        few percent of capacity written, not one per episode). One eviction at a time per client."""
+        index = keys.namespace_index_key(self.cfg.namespace)
+        if await asyncio.to_thread(self.redis.zcard, index) <= self.cfg.capacity:
+            return
+        async with self._evicting:
+            if await asyncio.to_thread(self.redis.zcard, index) > self.cfg.capacity:
+                await self.enforce_capacity(int(self.cfg.capacity * EVICT_TO))
 
     def stats(self) -> dict[str, Any]:
         """Namespace counters and Q summary from Redis, plus each shard's consumer statistics."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.wire import FORMAT_VERSION, WireError, decode_array, encode_array, field_of, pack, str_list_of, unpack
+from memory_server.config import MAX_REWARD
 
 __all__ = ["FORMAT_VERSION", "KINDS", "EmbeddingError", "Kind", "MemoryRecord", "Provenance", "RewardEvent", "WireError",
            "check_embedding", "decode_array", "decode_record", "decode_reward_event", "encode_array", "encode_record",
@@ -31,6 +32,14 @@ KINDS: tuple[str, ...] = ("success", "failure")
 
 class EmbeddingError(ValueError):
     """An embedding that is not a finite 1-D float vector of the expected dimension."""
+
+
+def _check_number(name: str, value: Any, bound: float | None = None) -> None:
+    """ValueError unless ``value`` is a finite real number (within ±``bound`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if bound is not None and abs(value) > bound:
+        raise ValueError(f"{name} must be within ±{bound:g}, got {value!r}")
 
 
 def check_embedding(vec: Any, dim: int | None = None) -> np.ndarray:
@@ -96,11 +105,16 @@ class MemoryRecord:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not self.id or not isinstance(self.id, str):
             raise ValueError(f"id must be a non-empty string, got {self.id!r}")
-        if not math.isfinite(self.q):
-            raise ValueError(f"q must be finite, got {self.q}")
+        _check_number("q", self.q, MAX_REWARD)  # a Q is a running average of rewards
+        if isinstance(self.visits, bool) or not isinstance(self.visits, int) or self.visits < 0:
+            raise ValueError(f"visits must be an integer >= 0, got {self.visits!r}")
+        if self.last_reward is not None:
+            _check_number("last_reward", self.last_reward, MAX_REWARD)
+        _check_number("created_at", self.created_at)
         self.embedding = check_embedding(self.embedding)
         if self.updated_at is None:
             self.updated_at = self.created_at
+        _check_number("updated_at", self.updated_at)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemoryRecord):
@@ -125,8 +139,7 @@ class RewardEvent:
     def __post_init__(self) -> None:
         if not self.episode_id:
             raise ValueError("episode_id must be a non-empty string")
-        if not math.isfinite(self.reward):
-            raise ValueError(f"reward must be finite, got {self.reward}")
+        _check_number("reward", self.reward, MAX_REWARD)
 
 
 # --------------------------------------------------------------------------- messages

@@ -5,7 +5,8 @@ adding new memories, and applying the reward events of its Redis stream through 
 (``common.streams.StreamConsumer``) — its own un-acknowledged entries first after a restart, then new ones, and
 entries left pending by any dead consumer (XAUTOCLAIM). Effects are exactly-once: the store's Lua script applies
 an (episode, memory) pair once, and an entry is acknowledged only after it was applied. A malformed entry goes to
-the dead-letter stream.
+the dead-letter stream. Applied events are trimmed from the stream (never a pending one) unless ``keep_events``;
+every update is still in the namespace's audit stream.
 
 A plain class; the cluster makes it a Ray actor (``start_shards``) with restarts, so a killed shard comes back,
 rebuilds from Redis and finishes what it had not acknowledged. Without Ray:
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
+from common.redis_conn import connect
 from common.streams import StreamConsumer, field_decoder
 from memory_server import keys
 from memory_server.index import VectorIndex, make_index
@@ -34,6 +36,7 @@ from memory_server.store import MemoryStore
 log = logging.getLogger(__name__)
 
 GROUP = "shards"
+TRIM_EVERY_S = 5.0  # seconds between trims of the acknowledged reward events
 
 
 class MemoryShard:
@@ -41,8 +44,9 @@ class MemoryShard:
 
     def __init__(self, redis_url: str, namespace: str, shard: int, shards: int, *, alpha: float,
                  index: str = "exact", index_params: dict | None = None, scan_threads: int = 0, claim_idle_s: float = 30.0,
-                 batch: int = 1000, consume: bool = True) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+                 batch: int = 1000, consume: bool = True, keep_events: bool = False) -> None:
+        self.client = connect(redis_url)
+        self.keep_events = keep_events  # False: applied (acknowledged) reward events are trimmed from the stream
         self.store = MemoryStore(self.client, namespace, shards)
         self.namespace, self.shard, self.shards = namespace, shard, shards
         self.alpha, self.index_kind, self.batch = alpha, index, batch
@@ -63,7 +67,7 @@ class MemoryShard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0}
+        self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0, "trimmed": 0}
         self.reader.ensure_group()
         self.rebuild()
         if consume:
@@ -174,7 +178,10 @@ class MemoryShard:
             total += n
             if n == 0 and not was_backlog:
                 break
-        return total + self.reclaim()
+        total += self.reclaim()
+        if not self.keep_events:
+            self.stats["trimmed"] += self.reader.trim_acknowledged()
+        return total
 
     def pending(self) -> int:
         return self.reader.pending()
@@ -188,13 +195,16 @@ class MemoryShard:
             self._thread.start()
 
     def _loop(self) -> None:
-        last_claim = 0.0
+        last_claim = last_trim = 0.0
         while not self._stop.is_set():
             try:
                 self.consume()
                 if time.monotonic() - last_claim > self.claim_idle_ms / 2000:
                     self.reclaim()
                     last_claim = time.monotonic()
+                if not self.keep_events and time.monotonic() - last_trim > TRIM_EVERY_S:  # applied events: drop
+                    self.stats["trimmed"] += self.reader.trim_acknowledged()
+                    last_trim = time.monotonic()
             except redis.RedisError as e:  # deliberate retry: the server may be restarting or was flushed
                 log.warning("shard %d: %s: %s; retrying", self.shard, type(e).__name__, e)
                 self.reader.restart_backlog()

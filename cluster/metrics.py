@@ -13,6 +13,7 @@ reading a run folder back.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -48,6 +49,7 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
+log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0  # seconds between progress lines when the output is not a terminal
 
 def slot(task_id: str, sample: int) -> str:
@@ -152,8 +154,12 @@ class Recorder:
             "tokens_per_s": tokens / wall, "episodes_per_s": len(eps) / wall, "wall_s": wall,
         }
         if self.q_stats is not None:
-            stats = self.q_stats(seed)
-            row.update({f"memory_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            try:
+                stats = self.q_stats(seed)
+                row.update({f"memory_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            except Exception as e:  # a statistic, not a result: the epoch row is written without it
+                log.warning("epoch %d (seed %d): memory statistics unavailable (%s: %s)", epoch, seed,
+                            type(e).__name__, e)
         self.epoch_rows.append(row)
         self.closed.add((seed, epoch))
         with self.metrics_path.open("a") as f:

@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from common.redis_conn import connect
+from common.redis_conn import connect, retry_idempotent
 from common.streams import StreamConsumer, field_decoder
 from common.wire import WireError, decode_array, encode_array, field_of, pack, unpack
 from learner import keys
@@ -165,7 +165,8 @@ class TrajectoryBuffer:
                 return None
             traj = TrainTrajectory.from_trajectory(traj)
         kwargs = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
-        entry = self.client.xadd(self.stream, {"t": encode_trajectory(traj)}, **kwargs)
+        blob = encode_trajectory(traj)  # sent again after a lost connection: the learner trains an episode once
+        entry = retry_idempotent(lambda: self.client.xadd(self.stream, {"t": blob}, **kwargs), "trajectory")
         return entry.decode() if isinstance(entry, bytes) else entry
 
     # ------------------------------------------------------------------ learner side

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 
-from common.redis_conn import connect
+from common.redis_conn import connect, retry_idempotent
 from memory_server.config import MemoryConfig
 from memory_server import keys, scoring
 from memory_server.records import MemoryRecord, Provenance, RewardEvent, check_embedding, encode_reward_event
@@ -151,7 +151,7 @@ class MemoryClient:
         blob = msgpack.packb([got.id, got.ids, got.scores, got.sims, got.pool, got.missing_shards,
                               got.memory_version])
         key = keys.episode_retrieval_key(self.cfg.namespace, episode_id)
-        if self.redis.set(key, blob, nx=True, ex=keys.EPISODE_PIN_TTL_S):
+        if retry_idempotent(lambda: self.redis.set(key, blob, nx=True, ex=keys.EPISODE_PIN_TTL_S), "retrieval pin"):
             return got
         return self._pinned(episode_id) or got
 
@@ -159,7 +159,8 @@ class MemoryClient:
         """The episode's pinned retrieval, its records re-read from Redis (evicted ones are left out)."""
         from memory_server.store import MemoryStore
 
-        blob = self.redis.get(keys.episode_retrieval_key(self.cfg.namespace, episode_id))
+        blob = retry_idempotent(lambda: self.redis.get(keys.episode_retrieval_key(self.cfg.namespace, episode_id)),
+                                "pinned retrieval")
         if blob is None:
             return None
         rid, ids, scores, sims, pool, missing, version = msgpack.unpackb(blob)
@@ -173,7 +174,7 @@ class MemoryClient:
         pool = merge_candidates(answers, k1)
         records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
                                        q_clip=c.q_clip, rng=self.rng)
-        version = int(self.redis.hget(keys.meta_key(c.namespace), "version") or 0)
+        version = int(retry_idempotent(lambda: self.redis.hget(keys.meta_key(c.namespace), "version"), "version") or 0)
         return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing, version)
 
     async def add(self, records: Sequence[MemoryRecord]) -> list[str]:
@@ -209,15 +210,20 @@ class MemoryClient:
                       memory_version: int = 0) -> int:
         """Reward events of many episodes in one pipeline round trip (blocking: benchmarks, tests); returns the
         stream entries written."""
-        now, written = time.time(), 0
-        pipe = self.redis.pipeline(transaction=False)
+        now, entries = time.time(), []
         for episode_id, memory_ids, reward in items:
             for s, ids in by_shard(dict.fromkeys(memory_ids), len(self.shards)).items():  # de-duplicated, in order
                 ev = RewardEvent(episode_id, ids, float(reward), now, adapter_version, memory_version)
-                pipe.xadd(keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)})
-                written += 1
-        pipe.execute()
-        return written
+                entries.append((keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)}))
+
+        def send() -> None:  # all or nothing (MULTI); sent again after a lost connection: the store applies each
+            pipe = self.redis.pipeline(transaction=True)  # (episode, memory) once, so a repeat has no effect
+            for stream, fields in entries:
+                pipe.xadd(stream, fields)
+            pipe.execute()
+
+        retry_idempotent(send, "reward events")
+        return len(entries)
 
     # -- blocking helpers: the async calls above, for synchronous callers (never inside an event loop)
 

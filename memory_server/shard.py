@@ -26,11 +26,11 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
-from common.redis_conn import connect
+from common.redis_conn import connect, retry_idempotent
 from common.streams import StreamConsumer, field_decoder
 from memory_server import keys
 from memory_server.index import VectorIndex, make_index
-from memory_server.records import MemoryRecord, RewardEvent, check_embedding, decode_reward_event
+from memory_server.records import MemoryRecord, RewardEvent, check_embedding, decode_reward_event, encode_reward_event
 from memory_server.store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class MemoryShard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0, "trimmed": 0}
+        self.stats = {"applied": 0, "duplicate": 0, "missing": 0, "dead_letter": 0, "reclaimed": 0, "trimmed": 0,
+                      "forwarded": 0, "bad_records": 0, "corrupt": 0}
         self.reader.ensure_group()
         self.rebuild()
         if consume:
@@ -78,7 +79,7 @@ class MemoryShard:
     def rebuild(self) -> int:
         """Reload this shard's memories from Redis; returns how many."""
         t0 = time.perf_counter()
-        records = {r.id: r for r in self.store.iter_shard(self.shard)}
+        records = {r.id: r for r in self.store.iter_shard(self.shard, on_bad=self._bad_record)}
         dim = self.store.dim()
         index = make_index(self.index_kind, dim, **self.index_params) if dim else None  # type: ignore[arg-type]
         if index is not None and records:
@@ -88,6 +89,13 @@ class MemoryShard:
         log.info("shard %d of %s: %d memories loaded in %.2fs", self.shard, self.namespace, len(records),
                  time.perf_counter() - t0)
         return len(records)
+
+    def _bad_record(self, memory_id: str, err: Exception) -> None:
+        """A stored record that cannot be served: dead-lettered (it stays in Redis for inspection), not indexed."""
+        self.stats["bad_records"] += 1
+        self.client.xadd(self.dead_letter, {"record": memory_id, "shard": self.shard, "reason": str(err)[:500]})
+        log.warning("shard %d of %s: record %s cannot be served (%s): sent to %s, not indexed", self.shard,
+                    self.namespace, memory_id, err, self.dead_letter)
 
     def _get_index(self, dim: int) -> VectorIndex:
         if self.index is None:
@@ -107,13 +115,13 @@ class MemoryShard:
     def add(self, records: Sequence[MemoryRecord]) -> list[str]:
         """Write new memories (Redis first, then the index); returns the ids written."""
         records = [r for r in records if keys.shard_of(r.id, self.shards) == self.shard]
-        written = set(self.store.add(records))
-        fresh = [r for r in records if r.id in written]
-        if fresh:
-            with self._lock:
+        written = retry_idempotent(lambda: self.store.add(records), f"shard {self.shard} add")  # keyed by id
+        with self._lock:  # index what is stored and not indexed yet (a retry finds its first attempt's records)
+            fresh = [r for r in records if r.id not in self.records]
+            if fresh:
                 self._get_index(fresh[0].embedding.shape[0]).add([r.id for r in fresh], np.stack([r.embedding for r in fresh]))
                 self.records.update((r.id, r) for r in fresh)
-        return [r.id for r in fresh]
+        return list(written)
 
     def forget(self, ids: Sequence[str]) -> int:
         """Drop evicted memories from the index (the store already deleted them)."""
@@ -153,7 +161,17 @@ class MemoryShard:
         if not entries:
             return 0
         items, dead = self.reader.decode(entries)  # deleted while pending or malformed: None (acknowledged below)
-        events = [(m, ev.episode_id, ev.reward) for _, ev in items if ev is not None for m in ev.memory_ids]
+        forward: list[tuple[int, RewardEvent]] = []  # memories of other shards, sent to their owners' streams
+        events = []
+        for _, ev in items:
+            if ev is None:
+                continue
+            owners: dict[int, list[str]] = {}
+            for m in ev.memory_ids:
+                owners.setdefault(keys.shard_of(m, self.shards), []).append(m)
+            events += [(m, ev.episode_id, ev.reward) for m in owners.pop(self.shard, [])]
+            forward += [(s, RewardEvent(ev.episode_id, ids, ev.reward, ev.time, ev.adapter_version, ev.memory_version))
+                        for s, ids in owners.items()]
         results = self.store.apply_rewards(events, self.alpha) if events else []
         with self._lock:
             for res in results:
@@ -164,6 +182,15 @@ class MemoryShard:
                     if res.status == "applied":
                         rec.visits += 1
         pipe = self.client.pipeline(transaction=False)
+        for res in results:  # a corrupt memory cannot take its reward: kept in the dead-letter stream, not dropped
+            if res.status == "corrupt":
+                pipe.xadd(self.dead_letter, {"memory": res.memory_id, "episode": res.episode_id, "shard": self.shard,
+                                             "reason": "the memory's stored Q or visits are not numbers"})
+                log.warning("shard %d: memory %s is corrupt; the reward of %s went to %s", self.shard,
+                            res.memory_id, res.episode_id, self.dead_letter)
+        for s, ev in forward:  # re-sent before this entry is acknowledged (a crash in between sends it twice, and
+            pipe.xadd(keys.reward_stream(self.namespace, s), {"e": encode_reward_event(ev)})  # applies it once)
+        self.stats["forwarded"] += len(forward)
         self.stats["dead_letter"] += self.reader.dead_letter(dead, pipe)
         self.reader.ack([e for e, _ in entries], pipe)
         pipe.execute()

@@ -185,3 +185,48 @@ def llm_pool_model(llm_pool) -> str:
     import ray
 
     return ray.get(llm_pool.handles[0].health.remote())["model"]
+
+
+@pytest.mark.slow
+def test_a_killed_learner_is_restarted_and_its_loop_supervised(ray_session, redis_url: str, tiny_model: Path,
+                                                               tmp_path: Path) -> None:
+    """SIGKILL of the learner actor mid-run: Ray restarts it from its checkpoint, the supervisor restarts its training
+    loop, and every trajectory is trained exactly once (before: the job ended with RayActorError)."""
+    import os
+    import signal
+
+    import ray
+
+    from cluster.config import LearnerConfig
+    from cluster.supervisor import LearnerSupervisor
+    from cluster.wiring import start_learner
+
+    cfg = LearnerConfig(enabled=True, batch_size=4, max_staleness=100, lr=1e-3, num_cpus=0.5, max_restarts=2)
+    handle = start_learner(cfg, str(tiny_model), redis_url, tmp_path / "learner", "sup", max_restarts=2)
+    sup = LearnerSupervisor(handle, cfg.max_restarts)
+    buf = TrajectoryBuffer(redis_url, "sup")
+
+    def put_groups(first: int) -> None:
+        for i in range(first, first + 8):  # two task groups of four, mixed rewards
+            buf.put(_fake(i, task=f"t{i // 4}"))
+
+    def wait_trained(n: int) -> None:
+        deadline = time.monotonic() + 240
+        while buf.committed()["trained"] < n:
+            assert time.monotonic() < deadline, buf.committed()
+            sup.version()  # what admission control calls: it revives a dead learner's loop
+            time.sleep(0.5)
+
+    try:
+        put_groups(0)
+        wait_trained(8)
+        os.kill(ray.get(handle.state.remote())["pid"], signal.SIGKILL)
+        put_groups(8)
+        wait_trained(16)
+        state = sup.stop()
+    finally:
+        ray.kill(handle, no_restart=True)
+    assert state["restarts"] == 1 and state["resumed_from"] is not None
+    assert buf.committed()["trained"] == 16 and buf.committed()["duplicates"] == 0
+    trained = [e for c in buf.commit_log() for e in c["episodes"]]
+    assert sorted(trained) == sorted(f"ep{i}" for i in range(16))

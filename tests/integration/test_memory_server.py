@@ -17,7 +17,7 @@ from cluster.services import RedisServer
 from cluster.wiring import start_shards
 from memory_server import keys
 from memory_server.client import MemoryClient
-from memory_server.records import MemoryRecord, Provenance, decode_reward_event
+from memory_server.records import MemoryRecord, Provenance, RewardEvent, decode_reward_event, encode_reward_event
 from memory_server.shard import MemoryShard
 from memory_server.store import MemoryStore
 
@@ -344,3 +344,60 @@ def test_index_settings_reach_the_shard_actors(ray_session, redis_url: str) -> N
     assert ray.get(handles[0].__ray_call__.remote(lambda s: s.index.ef_search)) == 77  # the call's beam did not stick
     for h in handles:
         ray.kill(h, no_restart=True)
+
+
+def test_an_add_in_flight_when_its_shard_dies_runs_again(ray_session, redis_url: str) -> None:
+    """A shard killed during ``add``: the restarted shard runs the call again (shard methods are idempotent), so the
+    episode's memory is written instead of the call failing with RayActorError."""
+    ray = ray_session
+    cfg = MemoryConfig(namespace="retry", shards=1)
+    handles = start_shards(cfg, redis_url)
+    records = _records(4000, "retry")  # an add long enough to kill the shard while it runs
+    ref = handles[0].add.remote(records)
+    time.sleep(0.3)
+    ray.kill(handles[0], no_restart=False)  # dies like a crash: Ray restarts it
+    ray.get(ref, timeout=120)
+    assert ray.get(handles[0].size.remote()) == 4000
+    assert MemoryStore(redis.Redis.from_url(redis_url), "retry", 1).count() == 4000
+    ray.kill(handles[0], no_restart=True)
+
+
+def test_a_reward_on_the_wrong_shard_s_stream_reaches_the_owner(redis_url: str) -> None:
+    """An event for another shard's memory is forwarded to the owner's stream (not applied behind its back, which
+    left the owner's in-memory Q stale until it restarted)."""
+    ns = "route"
+    rc = redis.Redis.from_url(redis_url)
+    s0 = MemoryShard(redis_url, ns, 0, 2, alpha=ALPHA, consume=False)
+    s1 = MemoryShard(redis_url, ns, 1, 2, alpha=ALPHA, consume=False)
+    records = _records(6, ns)
+    theirs = next(r.id for r in records if keys.shard_of(r.id, 2) == 1)
+    s1.add([r for r in records if keys.shard_of(r.id, 2) == 1])
+    s0.add([r for r in records if keys.shard_of(r.id, 2) == 0])
+    ev = RewardEvent("ep-x", [theirs], 1.0, time.time(), 0, 0)
+    rc.xadd(keys.reward_stream(ns, 0), {"e": encode_reward_event(ev)})  # on shard 0's stream by mistake
+    s0.drain()
+    s1.drain()
+    assert s0.stats["forwarded"] == 1 and s1.stats["applied"] == 1
+    live, stored = s1.get([theirs])[0], MemoryStore(rc, ns, 2).get([theirs])[0]
+    assert live.q == stored.q == pytest.approx(ALPHA * 1.0) and live.visits == stored.visits == 1
+
+
+def test_one_bad_record_does_not_stop_a_shard_from_starting(redis_url: str) -> None:
+    """A corrupt stored record is dead-lettered on rebuild and the shard serves the others; an embedding that is not
+    unit length is refused when it is written."""
+    from memory_server.records import EmbeddingError
+
+    ns = "bad-rec"
+    rc = redis.Redis.from_url(redis_url)
+    store = MemoryStore(rc, ns, 1)
+    records = _records(3, ns)
+    store.add(records)
+    rc.hset(keys.record_key(ns, records[1].id), "visits", "not a number")  # corrupted behind the store's back
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    assert shard.size() == 2 and shard.stats["bad_records"] == 1
+    dead = [f for _, f in rc.xrange(keys.dead_letter_stream(ns))]
+    assert dead and dead[-1][b"record"] == records[1].id.encode()
+    skewed = _records(1, ns, seed=9)[0]
+    skewed.id, skewed.embedding = "m-skewed", skewed.embedding * 2
+    with pytest.raises(EmbeddingError, match="norm"):
+        store.add([skewed])

@@ -103,6 +103,7 @@ class Trajectory:
     memory_version: int = 0
     adapter_versions: list[int] = field(default_factory=list)
     written_memory_id: str | None = None
+    rewarded: bool = False  # the reward event for retrieved_ids reached the memory's streams (durable from then on)
     error: str | None = None
     generated_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -172,6 +173,7 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                     if traj.retrieved_ids:
                         await memory.feedback(spec.episode_id, traj.retrieved_ids, traj.reward,
                                               adapter_version=version)
+                        traj.rewarded = True
                     traj.written_memory_id = await memory.write_episode(
                         episode_id=spec.episode_id, intent=obs.intent,
                         experience=experience_text(traj.won, traj.actions, obs.goal, observation, lesson=lesson),

@@ -198,10 +198,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path} = {value!r}: expected {_type_name(tp)}")
         kt, vt = typing.get_args(tp)
         return {_convert(k, kt, f"{path} key"): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str) and _EXPONENT.match(value.strip()):
-        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .nan / .inf would pass range checks and fail only mid-run
+            raise ConfigError(f"{path} = {value!r}: must be a finite number")
+        return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{path} = {value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
@@ -294,6 +296,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text file ({e.reason} at byte {e.start}); a config is UTF-8 YAML") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
@@ -324,9 +328,21 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its credentials (``user:password@``) shown as ``***``."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
 def dump(cfg: Config) -> str:
-    """The resolved config as YAML, in field order (loads back to an equal Config)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    """The resolved config as YAML, in field order; it loads back to an equal Config, except that credentials in
+    ``redis.url`` are shown as ``***`` (the run folder's config.yaml never holds a password)."""
+    data = to_dict(cfg)
+    if data["redis"]["url"]:
+        data["redis"]["url"] = redact_url(data["redis"]["url"])
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def reference_markdown() -> str:

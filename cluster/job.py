@@ -24,6 +24,7 @@ from typing import Any
 from cluster.config import MODES, Config
 from cluster.metrics import Recorder
 from cluster.scheduler import Admission, Scheduler
+from cluster.supervisor import LearnerSupervisor
 from cluster.wiring import start_learner, start_pool, start_rollout_workers, start_shards, trajectory_stream
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,17 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
             def spawn(i: int, scfg: Config = scfg, shards: Any = shards) -> Any:
                 return start_rollout_workers(scfg, model_path, engines, shards, redis_url, first_id=i, count=1)[0]
 
-            learner, loop = _start_learner(scfg, run_dir / "learner" / f"s{seed}", model_path, pool, redis_url)
+            learner = _start_learner(scfg, run_dir / "learner" / f"s{seed}", model_path, pool, redis_url)
             admission = None
             if learner is not None:
-                admission = Admission(lambda: ray.get(learner.get_version.remote()), scfg.learner.max_staleness,
-                                      scfg.learner.batch_size)
+                admission = Admission(learner.version, scfg.learner.max_staleness, scfg.learner.batch_size)
             sched = Scheduler(scfg, tasks, spawn, run_id=run_id)
             try:
                 sched.run_seed(seed, recorder, admission=admission, done=recorder.finished(seed),
                                max_episodes=max_episodes)
                 if learner is not None:
-                    learner_stats[seed] = _stop_learner(learner, loop)
+                    learner_stats[seed] = learner.stop()
+                    ray.kill(learner.handle, no_restart=True)
                     learner = None
                 if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
                     sched.run_seed(seed, held_rec, learn=False, done=held_rec.finished(seed), epochs=1, tasks=heldout)
@@ -139,7 +140,7 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
                 replaced += sched.replaced
                 sched.shutdown()
                 if learner is not None:
-                    ray.kill(learner, no_restart=True)
+                    ray.kill(learner.handle, no_restart=True)
                 if scfg.learner.enabled and pool is not None:
                     _run(pool.publish_adapter(0, ""))  # the next seed or mode starts from the base model
                 for h in shards or []:
@@ -157,36 +158,27 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
     return summary
 
 
-def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any, redis_url: str | None) -> tuple[Any, Any]:
+def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any,
+                   redis_url: str | None) -> LearnerSupervisor | None:
     """With ``learner.enabled``: the learner actor for one seed (resumes from ``out_dir`` if it holds a checkpoint)
-    and its running training loop; else (None, None)."""
+    with its training loop running, under a supervisor; else None."""
     if not cfg.learner.enabled:
-        return None, None
+        return None
     if pool is None:
         raise RuntimeError("learner.enabled needs llm.backend: vllm (the learner publishes adapters to the pool)")
     import ray
 
     try:
         learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, trajectory_stream(cfg),
-                                engines=pool.handles, group_size=cfg.rollout.group_size)
+                                engines=pool.handles, group_size=cfg.rollout.group_size,
+                                max_restarts=cfg.learner.max_restarts)
     except ray.exceptions.GetTimeoutError:
         raise RuntimeError(f"the learner actor was not placed in time: it asks for learner.num_cpus="
                            f"{cfg.learner.num_cpus}, num_gpus={cfg.learner.num_gpus}, resources={cfg.learner.resources}; "
                            f"the cluster has {ray.available_resources()} free") from None
     log.info("LoRA learner started (rank %d, batch %d, η %d)", cfg.learner.lora_rank, cfg.learner.batch_size,
              cfg.learner.max_staleness)
-    return learner, learner.run.remote()
-
-
-def _stop_learner(learner: Any, loop: Any) -> dict[str, Any]:
-    """Drain: train on what the buffer still holds (partial batch), checkpoint, and return the learner's state."""
-    import ray
-
-    ray.get(learner.stop.remote())
-    ray.get(loop)
-    state = ray.get(learner.run.remote(burst=True))
-    ray.kill(learner, no_restart=True)
-    return state
+    return LearnerSupervisor(learner, cfg.learner.max_restarts)
 
 
 def _start_memory(cfg: Config, redis_url: str | None) -> tuple[list[Any] | None, Any]:

@@ -13,6 +13,7 @@ reading a run folder back.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -21,6 +22,34 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+class RunFileError(RuntimeError):
+    """A run folder's record file is corrupt; the message names the file and line."""
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """The JSON lines of ``path`` ([] if it does not exist). A final line without its newline that does not parse
+    was cut off mid-append (a hard kill): it is left out, and with ``repair`` cut from the file so that appends
+    continue on a clean line. Any other line that does not parse raises ``RunFileError`` naming file and line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, offset = [], 0
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        if raw.strip():
+            try:
+                rows.append(json.loads(raw))
+            except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+                if raw.endswith(b"\n"):
+                    raise RunFileError(f"{path}:{number}: not a JSON line ({e}); the run folder is damaged") from None
+                if repair:
+                    with path.open("r+b") as f:
+                        f.truncate(offset)
+                break
+        offset += len(raw)
+    return rows
+
+
+log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0  # seconds between progress lines when the output is not a terminal
 
 def slot(task_id: str, sample: int) -> str:
@@ -63,18 +92,13 @@ class Recorder:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def _load(self) -> None:
-        """Read back a run folder (resume): episodes already recorded, epochs already closed."""
-        if self.episodes_path.exists():
-            for line in self.episodes_path.read_text().splitlines():
-                if line.strip():
-                    ep = json.loads(line)
-                    self.results[(ep["seed"], ep["epoch"])][slot(ep["task_id"], ep.get("sample", 0))] = ep
-        if self.metrics_path.exists():
-            for line in self.metrics_path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.epoch_rows.append(row)
-                    self.closed.add((row["seed"], row["epoch"]))
+        """Read back a run folder (resume): episodes already recorded, epochs already closed. A last line cut off
+        by a hard kill is dropped from the file (that episode runs again); any other bad line is an error."""
+        for ep in read_jsonl(self.episodes_path, repair=True):
+            self.results[(ep["seed"], ep["epoch"])][slot(ep["task_id"], ep.get("sample", 0))] = ep
+        for row in read_jsonl(self.metrics_path, repair=True):
+            self.epoch_rows.append(row)
+            self.closed.add((row["seed"], row["epoch"]))
 
     def finished(self, seed: int) -> set[tuple[int, str, int]]:
         """(epoch, task, sample) of every episode of ``seed`` already recorded."""
@@ -130,8 +154,12 @@ class Recorder:
             "tokens_per_s": tokens / wall, "episodes_per_s": len(eps) / wall, "wall_s": wall,
         }
         if self.q_stats is not None:
-            stats = self.q_stats(seed)
-            row.update({f"memory_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            try:
+                stats = self.q_stats(seed)
+                row.update({f"memory_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            except Exception as e:  # a statistic, not a result: the epoch row is written without it
+                log.warning("epoch %d (seed %d): memory statistics unavailable (%s: %s)", epoch, seed,
+                            type(e).__name__, e)
         self.epoch_rows.append(row)
         self.closed.add((seed, epoch))
         with self.metrics_path.open("a") as f:

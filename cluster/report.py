@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cluster.metrics import read_jsonl
 from cluster.stats import CONFIDENCE, interval, paired
 
 METRICS = ("last", "csr", "heldout", "forgetting")
@@ -33,9 +34,7 @@ NAMES = {"last": "Last", "csr": "CSR", "heldout": "held-out (frozen)", "forgetti
 PAIRS = [("rag", "none"), ("memrl", "none"), ("memory", "none"), ("lora", "none"), ("memory+lora", "none"),
          ("memrl", "rag"), ("memory+lora", "memrl"), ("memory+lora", "lora")]
 def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # a last line cut off by a hard kill is left out
 
 
 def expand(run_dirs: list[Path]) -> dict[str, Path]:

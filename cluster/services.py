@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from cluster.config import Config
+from cluster.config import Config, redact_url
 from common.caches import redirect_caches
 
 __all__ = ["LocalServices", "RedisServer", "ServiceError", "descendants", "free_port", "redirect_caches",
@@ -119,24 +119,41 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> "RedisServer":
+        """Start the server and wait for PING. A free port can be taken by another process before the server binds
+        it: then another free port is tried (``attempts`` in all; a port given explicitly is not changed)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        args = [
-            valkey_binary(), "-",  # config from stdin: the password never shows in `ps`
-        ]
+        fixed = bool(self.port)
+        for attempt in range(1 if fixed else attempts):
+            self.port = self.port if fixed else free_port()
+            self._launch()
+            try:
+                self.wait_ready(timeout)
+                return self
+            except ServiceError:
+                if fixed or attempt == attempts - 1 or not self._bind_failed():
+                    raise
+                log.warning("port %d was taken before valkey-server bound it; trying another", self.port)
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
+        log_file = self.data_dir / "server.log"
+        log_file.unlink(missing_ok=True)  # so that _bind_failed reads this start's log only
         conf = "\n".join([
-            f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f'dir "{self.data_dir.resolve()}"',
+            f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f"dir {_quote(self.data_dir.resolve())}",
             f"requirepass {self.password}", 'save ""', f"appendonly {'yes' if self.durable else 'no'}",
-            f"appendfsync {self.appendfsync}", "daemonize no", f'logfile "{(self.data_dir / "server.log").resolve()}"',
+            f"appendfsync {self.appendfsync}", "daemonize no", f"logfile {_quote(log_file.resolve())}",
         ]) + "\n"
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([valkey_binary(), "-"],  # config from stdin: the password never shows in `ps`
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(conf.encode())
         self.proc.stdin.close()
-        self.wait_ready(timeout)
-        return self
+
+    def _bind_failed(self) -> bool:
+        log_file = self.data_dir / "server.log"
+        return log_file.is_file() and "already in use" in log_file.read_text(errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
         import redis
@@ -204,9 +221,7 @@ def start_local_ray(*, temp_dir: Path, num_cpus: int | None, num_gpus: int | Non
     # nothing is written to ~/.ray/auth_token; it is saved beside the temp dir for CLI clients of this cluster.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token = secrets.token_hex(16)
-    token_file = temp_dir / "auth_token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
+    _write_private(temp_dir / "auth_token", token)
     import ray
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
@@ -255,7 +270,7 @@ class LocalServices:
         if rc.url:
             password = os.environ.get(rc.password_env)
             self.redis_url = _with_password(rc.url, password)
-            log.info("using redis at %s", _redact(self.redis_url))
+            log.info("using redis at %s", redact_url(self.redis_url))
             return
         self.redis = RedisServer(self.run_dir / "redis", durable=rc.durable, appendfsync=rc.appendfsync)
         self.redis.start(rc.start_timeout_s)
@@ -285,14 +300,32 @@ class LocalServices:
 
         info = {
             "driver_pid": os.getpid(),
-            "redis": {"pid": self.redis.pid, "port": self.redis.port} if self.redis else {"url": _redact(self.redis_url or "")},
+            "redis": {"pid": self.redis.pid, "port": self.redis.port} if self.redis else {"url": redact_url(self.redis_url or "")},
             "ray": {"started": self.ray_started, "temp_dir": str(self.ray_temp) if self.ray_temp else None},
             "pids": {str(pid): t for pid, t in descendants().items()},
         }
         (self.run_dir / "services.json").write_text(json.dumps(info, indent=2))
 
     def stop(self) -> None:
-        """Stop Ray (if started here), then Redis, then any process this driver started that is still alive."""
+        """Stop Ray (if started here), then Redis, then any process this driver started that is still alive. A
+        SIGTERM or Ctrl-C that arrives meanwhile is noted, not obeyed: clean-up finishes first."""
+        import sys
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGTERM, _note_while_stopping)
+            signal.signal(signal.SIGINT, _note_while_stopping)
+        try:
+            self._stop_all()
+        finally:
+            if main:  # the handlers from before the run (or from before this call)
+                signal.signal(signal.SIGINT, before_int)
+                signal.signal(signal.SIGTERM, self._old_sigterm if self._old_sigterm is not None else before_term)
+                self._old_sigterm = None
+
+    def _stop_all(self) -> None:
         import sys
 
         owned = descendants()
@@ -310,9 +343,6 @@ class LocalServices:
         if forced:
             log.warning("killed %d process(es) that ignored SIGTERM: %s", len(forced), forced)
         self._collect_ray_temp()
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
 
     def _collect_ray_temp(self) -> None:
         """A Ray temp dir that had to live in /tmp (socket path limits) moves into the run folder once Ray is down."""
@@ -343,13 +373,30 @@ class LocalServices:
             out["redis_version"] = client.info("server").get("valkey_version") or client.info("server").get("redis_version")
             client.close()
         except redis.RedisError as e:
-            raise ServiceError(f"redis at {_redact(self.redis_url or '')} does not answer: {e}") from None
+            raise ServiceError(f"redis at {redact_url(self.redis_url or '')} does not answer: {e}") from None
         t0 = time.perf_counter()
         node = ray.get(ray.remote(num_cpus=0)(_node_id_fn).remote(), timeout=60)
         out["ray_task_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         out["ray_node"] = node[:12]
         out["ray_resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
         return out
+
+
+def _quote(path: Path) -> str:
+    """A path as a double-quoted valkey config argument (backslashes and quotes escaped)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file readable by its owner only, from the moment it exists (no chmod afterwards)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file of the same name keeps its mode through O_TRUNC
+
+
+def _note_while_stopping(signum: int, frame: object) -> None:
+    log.warning("signal %d during shutdown: finishing the clean-up first", signum)
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -361,13 +408,6 @@ def _with_password(url: str, password: str | None) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://:{password}@{rest}"
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def _node_id_fn() -> str:

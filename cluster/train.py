@@ -100,6 +100,13 @@ def run(cfg: Config, config_path: str) -> int:
         log.error("%s", e)
         print(f"epiq: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not type(e).__module__.startswith("ray."):  # Ray's errors (a dead actor): one line, not a traceback
+            raise
+        log.exception("the job failed")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"epiq: error: {type(e).__name__}: {first} (details in {run_dir / 'driver.log'})", file=sys.stderr)
+        return 1
     print("epiq: services stopped", flush=True)
     return 0
 

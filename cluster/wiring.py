@@ -27,6 +27,8 @@ from memory_server.client import index_params
 from memory_server.config import MemoryConfig
 
 SHARD_CPUS = 0.5  # CPUs one memory shard actor reserves (it scans vectors and applies reward events)
+SHARD_TASK_RETRIES = 3  # a call in flight when a shard died runs again on the restarted shard: every shard method
+                        # is idempotent (reads; add keyed by the memory id; forget of ids)
 
 
 def trajectory_stream(cfg: Config) -> str:
@@ -52,7 +54,8 @@ def start_pool(cfg: LLMConfig, model_path: str, timeout_s: float = 600.0) -> LLM
 
 def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = SHARD_CPUS,
                  resources: dict | None = None) -> list[Any]:
-    """Create ``cfg.shards`` shard actors; Ray restarts one that dies, and it rebuilds from Redis."""
+    """Create ``cfg.shards`` shard actors; Ray restarts one that dies, it rebuilds from Redis, and the calls that
+    were in flight run again (``SHARD_TASK_RETRIES``)."""
     import ray
 
     from memory_server.shard import MemoryShard
@@ -61,9 +64,10 @@ def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = SHARD_C
     handles = [
         actor.options(name=f"memory-shard-{cfg.namespace}-{i}", num_cpus=num_cpus,
                       resources=dict(cfg.resources if resources is None else resources),
-                      max_restarts=-1, max_task_retries=0, max_concurrency=8)
+                      max_restarts=-1, max_task_retries=SHARD_TASK_RETRIES, max_concurrency=8)
         .remote(redis_url, cfg.namespace, i, cfg.shards, alpha=cfg.alpha, index=cfg.index,
-                index_params=index_params(cfg), scan_threads=cfg.scan_threads, claim_idle_s=cfg.claim_idle_s)
+                index_params=index_params(cfg), scan_threads=cfg.scan_threads, claim_idle_s=cfg.claim_idle_s,
+                keep_events=cfg.keep_reward_events)
         for i in range(cfg.shards)
     ]
     ray.get([h.size.remote() for h in handles])  # wait until every shard has loaded its memories

@@ -189,6 +189,23 @@ class StreamConsumer(Generic[T]):
         if entry_ids:
             (pipe if pipe is not None else self.client).xack(self.stream, self.group, *entry_ids)
 
+    # ------------------------------------------------------------------ trimming
+
+    def trim_acknowledged(self) -> int:
+        """Remove the entries every group of the stream has acknowledged, never one that is pending with any
+        consumer or not yet delivered: XTRIM MINID at the oldest entry some group still needs (its oldest pending
+        entry, else its last delivered one). Safe against concurrent reads: new deliveries and claims only ever
+        concern entries at or after that point. Returns how many entries were removed."""
+        floor: tuple[int, int] | None = None
+        for g in self.client.xinfo_groups(self.stream):
+            need = g["last-delivered-id"]
+            if int(g["pending"]):
+                need = self.client.xpending(self.stream, g["name"])["min"]
+            floor = min(floor, _id(need)) if floor is not None else _id(need)
+        if floor is None or floor == (0, 0):  # no group yet, or a group that has read nothing
+            return 0
+        return int(self.client.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
     # ------------------------------------------------------------------ introspection
 
     def pending(self) -> int:
@@ -201,3 +218,10 @@ class StreamConsumer(Generic[T]):
             if g["name"] in (self.group, self.group.encode()):
                 return int(g["pending"]) + int(g.get("lag") or 0)
         return 0
+
+
+def _id(entry_id: EntryId) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence), for ordering."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -27,8 +27,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import redis
 
+from common.redis_conn import connect, retry_idempotent
 from common.streams import StreamConsumer, field_decoder
 from common.wire import WireError, decode_array, encode_array, field_of, pack, unpack
 from learner import keys
@@ -134,7 +134,7 @@ class TrajectoryBuffer:
     """Both ends of the trajectory stream of one namespace. Cheap to construct; one Redis connection pool."""
 
     def __init__(self, redis_url: str, namespace: str, maxlen: int | None = None) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect(redis_url)
         self.namespace = keys.check_namespace(namespace)
         self.stream = keys.trajectory_stream(namespace)
         self.dead_letter = keys.learner_dead_letter_stream(namespace)
@@ -142,13 +142,14 @@ class TrajectoryBuffer:
         self.meta = keys.learner_meta(namespace)
         self.maxlen = maxlen  # None: never trim (trimming could drop entries the learner has not read)
         self._commit = self.client.register_script(keys.COMMIT_STEP)
-        # The learner's side of the stream; its own pending entries (from before a restart) come first.
+        # The learner's side of the stream; its own pending entries (from before a restart) come first, each once:
+        # the backlog read moves past what it returned (entries held, not yet committed, stay pending).
         # Entries are acknowledged by ``commit`` (COMMIT_STEP), not by the reader.
         self.reader: StreamConsumer[TrainTrajectory] = StreamConsumer(
             self.client, self.stream, keys.LEARNER_GROUP, CONSUMER, decode=field_decoder("t", decode_trajectory),
-            dead_letter=self.dead_letter, logger=log,
+            dead_letter=self.dead_letter, logger=log, advance_cursor=True,
             dead_letter_log="trajectory entry %(entry)s is malformed (%(reason)s): sent to %(dead_letter)s")
-        self.stats = {"read": 0, "duplicate": 0, "dead_letter": 0}
+        self.stats = {"read": 0, "duplicate": 0, "dead_letter": 0, "trimmed": 0}
 
     # ------------------------------------------------------------------ rollout side
 
@@ -164,7 +165,8 @@ class TrajectoryBuffer:
                 return None
             traj = TrainTrajectory.from_trajectory(traj)
         kwargs = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
-        entry = self.client.xadd(self.stream, {"t": encode_trajectory(traj)}, **kwargs)
+        blob = encode_trajectory(traj)  # sent again after a lost connection: the learner trains an episode once
+        entry = retry_idempotent(lambda: self.client.xadd(self.stream, {"t": blob}, **kwargs), "trajectory")
         return entry.decode() if isinstance(entry, bytes) else entry
 
     # ------------------------------------------------------------------ learner side
@@ -190,10 +192,16 @@ class TrajectoryBuffer:
         good = [(i, t) for i, t in out if t is not None]
         if good:
             seen = self.client.smismember(self.trained, [t.episode_id for _, t in good])
-            trained = {t.episode_id for (_, t), s in zip(good, seen) if s} | set(skip)
-            if trained:
-                out = [(i, None if t is not None and t.episode_id in trained else t) for i, t in out]
-                self.stats["duplicate"] += sum(1 for _, t in good if t.episode_id in trained)
+            taken = {t.episode_id for (_, t), s in zip(good, seen) if s} | set(skip)  # trained, or held already
+            kept: list[tuple[str, TrainTrajectory | None]] = []
+            for i, t in out:
+                if t is not None and t.episode_id in taken:  # trained, held, or earlier in this read: ack only
+                    self.stats["duplicate"] += 1
+                    t = None
+                elif t is not None:
+                    taken.add(t.episode_id)
+                kept.append((i, t))
+            out = kept
         self.stats["read"] += len(out)
         return out
 
@@ -203,6 +211,7 @@ class TrajectoryBuffer:
             keys=[self.stream, self.trained, keys.learner_commits_stream(self.namespace), self.meta],
             args=[keys.LEARNER_GROUP, int(step), int(version), msgpack.packb(list(episode_ids), use_bin_type=False),
                   msgpack.packb(list(entry_ids), use_bin_type=False), int(stale)])
+        self.stats["trimmed"] += self.reader.trim_acknowledged()  # acknowledged trajectories are history: drop them
         return {"new": int(new), "duplicates": int(dup), "committed": bool(committed)}
 
     # ------------------------------------------------------------------ introspection

@@ -28,6 +28,7 @@ class LearnerConfig:
     grad_clip: float = doc(1.0, "Gradient norm clip.")
     num_gpus: float = doc(0.0, "GPUs for the learner actor.")
     resources: dict[str, float] = doc({}, "Ray custom resources each learner actor requires, e.g. {learner: 1} to place it on the `learner` worker group (k8s/).")
+    max_restarts: int = doc(3, "Times Ray restarts a dead learner actor in one seed's run; it resumes from its checkpoint and the driver restarts its training loop. Beyond that the job ends with an error.")
     num_cpus: float = doc(1.0, "CPUs for the learner actor (also its torch thread count on CPU).")
     minibatches: int = doc(1, "Optimizer updates per learner step: the batch is split in this many parts; the proximal policy is the one at the start of the step, so clipping acts from the second update on.")
     micro_batch: int = doc(16, "Sequences (turns) per forward/backward pass; gradients are accumulated over them.")
@@ -39,7 +40,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
                   "minibatches", "micro_batch", "checkpoint_interval")
-        non_negative(self, "max_staleness", "num_gpus", "num_cpus", "kl_coef")
+        non_negative(self, "max_restarts", "max_staleness", "num_gpus", "num_cpus", "kl_coef")
         check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
         check(bool(self.target_modules), "target_modules", "must name at least one module")
         check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",

@@ -119,9 +119,16 @@ class Learner:
 
     def run(self, max_steps: int | None = None, burst: bool = False, block_ms: int = 500) -> dict[str, Any]:
         """Train until ``stop()``, ``max_steps`` steps, or (``burst``) the buffer has nothing left; then checkpoint."""
+        import redis
+
         done = 0
         while not self._stop.is_set() and (max_steps is None or done < max_steps):
-            metrics = self.step(block_ms=block_ms, partial=burst)
+            try:
+                metrics = self.step(block_ms=block_ms, partial=burst)
+            except redis.RedisError as e:  # deliberate retry: the server may be restarting (its AOF keeps the
+                log.warning("learner step: %s: %s; retrying", type(e).__name__, e)  # stream and the commits)
+                self._stop.wait(1.0)
+                continue
             if metrics is None:
                 if burst:
                     break

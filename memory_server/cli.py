@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.redis_conn import connect
 from memory_server import keys
 from memory_server.records import MemoryRecord, Provenance, WireError
 
@@ -32,14 +33,12 @@ class MemoryCliError(RuntimeError):
 
 
 def _store(args: argparse.Namespace):
-    import redis
-
     from memory_server.store import MemoryStore
 
     url = args.url or os.environ.get("EPIQ_REDIS_URL")
     if not url:
         raise MemoryCliError("no memory to read: pass --url redis://... (or set EPIQ_REDIS_URL), or --file SNAPSHOT")
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     shards = args.shards or int(client.hget(keys.meta_key(args.namespace), "shards") or 1)
     return MemoryStore(client, args.namespace, shards)
 
@@ -108,6 +107,30 @@ def from_json(d: dict, namespace: str) -> MemoryRecord:
                         created_at=float(d["created_at"]), updated_at=d.get("updated_at"))
 
 
+def read_records(path: Path, namespace: str) -> list[MemoryRecord]:
+    """The records of an exported JSON lines file; a line that is not a valid record is a ``MemoryCliError`` naming
+    the file and line (nothing is imported from a file with one bad line)."""
+    recs = []
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise MemoryCliError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            recs.append(from_json(d, namespace))
+        except MemoryCliError as e:
+            raise MemoryCliError(f"{path}:{number}: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing field, a wrong type or value
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise MemoryCliError(f"{path}:{number}: not a memory record: {what}") from None
+    return recs
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """write the memories as JSON lines"""
     recs = _records(args)
@@ -119,10 +142,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     """add memories from an exported JSON lines file"""
-    store = _store(args)
-    with open(args.input) as f:
-        recs = [from_json(json.loads(line), args.namespace) for line in f if line.strip()]
-    added = store.add(recs)
+    recs = read_records(args.input, args.namespace)  # the whole file is checked before anything is written
+    added = _store(args).add(recs)
     print(f"imported {len(added)} of {len(recs)} memories into {args.namespace} ({len(recs) - len(added)} already present)")
 
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
-import redis
 
+from common.redis_conn import connect, retry_idempotent
 from memory_server.config import MemoryConfig
 from memory_server import keys, scoring
 from memory_server.records import MemoryRecord, Provenance, RewardEvent, check_embedding, encode_reward_event
@@ -77,6 +77,7 @@ def by_shard(items: Iterable[Any], shards: int, key: Callable[[Any], str] = str)
 
 
 EMBED_CACHE = 4096  # texts whose embeddings a client keeps
+EVICT_TO = 0.95  # past memory.capacity, a run's writes evict down to this share of it
 T = TypeVar("T")
 
 
@@ -86,11 +87,12 @@ class MemoryClient:
     def __init__(self, shards: Sequence[Any], redis_url: str, cfg: MemoryConfig, embedder: Any = None,
                  seed: int | None = None) -> None:
         self.shards, self.cfg, self.embedder = list(shards), cfg, embedder
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = connect(redis_url)
         self.rng = np.random.default_rng(seed)
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> embedding, least recently used first
         self._vectors_lock = threading.Lock()  # embed runs in worker threads (asyncio.to_thread)
         self._loop: asyncio.AbstractEventLoop | None = None  # the blocking helpers' event loop
+        self._evicting = asyncio.Lock()  # capacity enforcement after writes, one at a time
 
     def embed(self, query: str | np.ndarray) -> np.ndarray:
         """The query's embedding; texts are cached (``EMBED_CACHE`` most recent): a task's intent is embedded once
@@ -149,7 +151,7 @@ class MemoryClient:
         blob = msgpack.packb([got.id, got.ids, got.scores, got.sims, got.pool, got.missing_shards,
                               got.memory_version])
         key = keys.episode_retrieval_key(self.cfg.namespace, episode_id)
-        if self.redis.set(key, blob, nx=True, ex=keys.EPISODE_PIN_TTL_S):
+        if retry_idempotent(lambda: self.redis.set(key, blob, nx=True, ex=keys.EPISODE_PIN_TTL_S), "retrieval pin"):
             return got
         return self._pinned(episode_id) or got
 
@@ -157,7 +159,8 @@ class MemoryClient:
         """The episode's pinned retrieval, its records re-read from Redis (evicted ones are left out)."""
         from memory_server.store import MemoryStore
 
-        blob = self.redis.get(keys.episode_retrieval_key(self.cfg.namespace, episode_id))
+        blob = retry_idempotent(lambda: self.redis.get(keys.episode_retrieval_key(self.cfg.namespace, episode_id)),
+                                "pinned retrieval")
         if blob is None:
             return None
         rid, ids, scores, sims, pool, missing, version = msgpack.unpackb(blob)
@@ -171,7 +174,7 @@ class MemoryClient:
         pool = merge_candidates(answers, k1)
         records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
                                        q_clip=c.q_clip, rng=self.rng)
-        version = int(self.redis.hget(keys.meta_key(c.namespace), "version") or 0)
+        version = int(retry_idempotent(lambda: self.redis.hget(keys.meta_key(c.namespace), "version"), "version") or 0)
         return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing, version)
 
     async def add(self, records: Sequence[MemoryRecord]) -> list[str]:
@@ -189,6 +192,7 @@ class MemoryClient:
                            provenance=Provenance(episode_id, task_id, env, model_id, adapter_version, writer,
                                                  list(retrieved_ids)))
         await self.add([rec])
+        await self._keep_within_capacity()
         return rec.id
 
     def initial_q(self, won: bool) -> float:
@@ -206,15 +210,20 @@ class MemoryClient:
                       memory_version: int = 0) -> int:
         """Reward events of many episodes in one pipeline round trip (blocking: benchmarks, tests); returns the
         stream entries written."""
-        now, written = time.time(), 0
-        pipe = self.redis.pipeline(transaction=False)
+        now, entries = time.time(), []
         for episode_id, memory_ids, reward in items:
             for s, ids in by_shard(dict.fromkeys(memory_ids), len(self.shards)).items():  # de-duplicated, in order
                 ev = RewardEvent(episode_id, ids, float(reward), now, adapter_version, memory_version)
-                pipe.xadd(keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)})
-                written += 1
-        pipe.execute()
-        return written
+                entries.append((keys.reward_stream(self.cfg.namespace, s), {"e": encode_reward_event(ev)}))
+
+        def send() -> None:  # all or nothing (MULTI); sent again after a lost connection: the store applies each
+            pipe = self.redis.pipeline(transaction=True)  # (episode, memory) once, so a repeat has no effect
+            for stream, fields in entries:
+                pipe.xadd(stream, fields)
+            pipe.execute()
+
+        retry_idempotent(send, "reward events")
+        return len(entries)
 
     # -- blocking helpers: the async calls above, for synchronous callers (never inside an event loop)
 
@@ -232,16 +241,30 @@ class MemoryClient:
     def feedback_blocking(self, episode_id: str, memory_ids: Sequence[str], reward: float, **kw: Any) -> int:
         return self.feedback_many([(episode_id, memory_ids, reward)], **kw)
 
-    def enforce_capacity(self) -> list[str]:
-        """Evict down to ``memory.capacity`` (lowest Q − age weight first) and drop the evicted ids from the shards."""
-        import ray
-
+    async def enforce_capacity(self, target: int | None = None) -> list[str]:
+        """Evict down to ``target`` (default ``memory.capacity``; lowest Q − age weight first) and drop the evicted
+        ids from the shards; returns them."""
         from memory_server.store import MemoryStore
 
         store = MemoryStore(self.redis, self.cfg.namespace, len(self.shards))
-        evicted = store.evict(self.cfg.capacity, self.cfg.evict_age_weight)
-        ray.get([self.shards[s].forget.remote(ids) for s, ids in by_shard(evicted, len(self.shards)).items()])
+        capacity = self.cfg.capacity if target is None else target
+        evicted = await asyncio.to_thread(store.evict, capacity, self.cfg.evict_age_weight)
+        groups = by_shard(evicted, len(self.shards))
+        await asyncio.gather(*[_as_future(self.shards[s].forget.remote(ids)) for s, ids in groups.items()])
         return evicted
+
+    def enforce_capacity_blocking(self, target: int | None = None) -> list[str]:
+        return self._blocking(self.enforce_capacity(target))
+
+    async def _keep_within_capacity(self) -> None:
+        """After a write: past ``memory.capacity``, evict down to ``EVICT_TO`` of it (one O(n) eviction scan per
+        few percent of capacity written, not one per episode). One eviction at a time per client."""
+        index = keys.namespace_index_key(self.cfg.namespace)
+        if await asyncio.to_thread(self.redis.zcard, index) <= self.cfg.capacity:
+            return
+        async with self._evicting:
+            if await asyncio.to_thread(self.redis.zcard, index) > self.cfg.capacity:
+                await self.enforce_capacity(int(self.cfg.capacity * EVICT_TO))
 
     def stats(self) -> dict[str, Any]:
         """Namespace counters and Q summary from Redis, plus each shard's consumer statistics."""

@@ -10,7 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from common.config import check, doc, non_negative, positive
+from common.config import FieldError, check, doc, non_negative, positive
+from common.names import check_namespace
+
+MAX_REWARD = 1e6  # rewards and utilities beyond ± this are refused (MemRL's are ±1; huge ones wreck z-scored Q)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class MemoryConfig:
     resources: dict[str, float] = doc({}, "Ray custom resources each memory shard actor requires, e.g. {rollout: 1} to place it on the `rollout` worker group (k8s/).")
     shard_timeout_s: float = doc(2.0, "A retrieval waits this long for each shard, then returns what the others found.")
     claim_idle_s: float = doc(30.0, "Reward events pending this long on a dead consumer are reclaimed by a live one.")
+    keep_reward_events: bool = doc(False, "Keep every reward event in the shards' streams after it was applied (a complete event log to replay Q from; grows by one entry per episode and shard). False: applied events are trimmed; the audit stream still records every update.")
     reward_success: float = doc(1.0, "Reward sent to injected memories when the episode succeeds.")
     reward_failure: float = doc(-1.0, "Reward sent to injected memories when the episode fails.")
 
@@ -54,6 +58,13 @@ class MemoryConfig:
         check(0.0 < self.alpha <= 1.0, "alpha", f"must be in (0, 1], got {self.alpha}")
         check(0.0 <= self.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {self.epsilon}")
         check(self.k2 <= self.k1, "k2", f"must be <= k1 ({self.k1}), got {self.k2}")
+        try:
+            check_namespace(self.namespace)
+        except ValueError as e:
+            raise FieldError("namespace", str(e).removeprefix(f"namespace {self.namespace!r}: ")) from None
+        for name in ("reward_success", "reward_failure", "q_init", "q_init_failure"):
+            v = getattr(self, name)
+            check(v is None or abs(v) <= MAX_REWARD, name, f"must be within ±{MAX_REWARD:g}, got {v}")
         for name in ("q_init", "q_init_failure", "q_floor"):
             v = getattr(self, name)
             check(v is None or math.isfinite(v), name, f"must be a finite number, got {v}")

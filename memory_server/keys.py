@@ -84,6 +84,8 @@ RECORD_FIELDS = ("blob", "q", "visits", "last_reward", "updated_at")
 _LUA_COMMON = """
 local prefix = ARGV[1]
 local function num(x) return string.format('%.17g', x) end
+local function finite(x) local v = tonumber(x); return v ~= nil and v == v and v > -math.huge and v < math.huge end
+local function count(x) local v = tonumber(x); return v ~= nil and v >= 0 and v == math.floor(v) and v < math.huge end
 """
 
 # GET_MANY: read-only; some fields of many records in one call (a pipeline of HMGETs spends most of its
@@ -106,9 +108,17 @@ return out
 # ARGV[3] msgpack list of [id, shard, blob, q, visits, last_reward, created_at, updated_at, kind,
 #         episode_id, task_id, env, model_id, adapter_version, writer, retrieved_ids (comma-joined)]
 #         (all strings; packed without the bin type, which Lua's cmsgpack cannot read)
+# Every record's numbers are checked before the first write: a bad one is an error reply and nothing is written.
 # Returns the ids actually written.
 ADD = _LUA_COMMON + """
 local batch = cmsgpack.unpack(ARGV[3])
+for _, r in ipairs(batch) do
+  for _, f in ipairs({{4, 'q'}, {7, 'created_at'}, {8, 'updated_at'}}) do
+    if not finite(r[f[1]]) then return redis.error_reply('ADD: record ' .. tostring(r[1]) .. ': ' .. f[2] .. ' is not a finite number') end
+  end
+  if not count(r[5]) then return redis.error_reply('ADD: record ' .. tostring(r[1]) .. ': visits is not a count') end
+  if r[6] ~= '' and not finite(r[6]) then return redis.error_reply('ADD: record ' .. tostring(r[1]) .. ': last_reward is not a finite number') end
+end
 local added, q_sum = {}, 0
 for _, r in ipairs(batch) do
   local id = r[1]
@@ -133,20 +143,22 @@ end
 return added
 """
 
-# APPLY_REWARDS: a batch of reward events, in order. Per event: if the memory is gone -> missing (-1);
+# APPLY_REWARDS: a batch of reward events, in order. Per event: if the memory is gone -> missing (-1); if its
+# stored Q / visits or the reward are not numbers -> corrupt (-2, nothing written, the episode is not marked);
 # else SADD the episode to its applied set; already there -> duplicate (0, no effect); new -> applied (1):
-# Q <- Q + alpha (r - Q), visits + 1, last_reward, updated_at. One audit entry per call lists every
+# Q <- Q + alpha (r - Q), visits + 1, last_reward, updated_at (the mark and the update are written together,
+# after every check, so a redelivered event can never count as a duplicate of an update that did not happen). One audit entry per call lists every
 # applied event (msgpack [[memory_id, episode_id, reward, q, visits], ...]): a per-event XADD costs
 # about as much as the update itself.
 # KEYS[1] meta, KEYS[2] audit stream, KEYS[3] qstats
 # ARGV[1] namespace prefix, ARGV[2] alpha, ARGV[3] now (unix seconds), ARGV[4] audit MAXLEN,
 # ARGV[5] msgpack list of [memory_id, episode_id, reward (float)]
-# Returns msgpack [statuses, qs]: the status per event and the memory's Q after it (0 when missing).
+# Returns msgpack [statuses, qs]: the status per event and the memory's Q after it (0 when missing or corrupt).
 APPLY_REWARDS = _LUA_COMMON + """
 local alpha, now = tonumber(ARGV[2]), ARGV[3]
 local batch = cmsgpack.unpack(ARGV[5])
 local statuses, qs, audit = {}, {}, {}
-local n_dup, n_missing, q_delta = 0, 0, 0
+local n_dup, n_missing, n_corrupt, q_delta = 0, 0, 0, 0
 for i, ev in ipairs(batch) do
   local mid, ep, r = ev[1], ev[2], ev[3]
   local key = prefix .. 'rec:' .. mid
@@ -154,6 +166,9 @@ for i, ev in ipairs(batch) do
   if not f[1] then
     statuses[i], qs[i] = -1, 0
     n_missing = n_missing + 1
+  elseif not (finite(f[1]) and count(f[2]) and finite(r)) then
+    statuses[i], qs[i] = -2, 0
+    n_corrupt = n_corrupt + 1
   elseif redis.call('SADD', prefix .. 'applied:' .. mid, ep) == 0 then
     statuses[i], qs[i] = 0, tonumber(f[1])
     n_dup = n_dup + 1
@@ -175,6 +190,7 @@ if #audit > 0 then
 end
 if n_dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', n_dup) end
 if n_missing > 0 then redis.call('HINCRBY', KEYS[3], 'missing', n_missing) end
+if n_corrupt > 0 then redis.call('HINCRBY', KEYS[3], 'corrupt', n_corrupt) end
 return cmsgpack.pack({statuses, qs})
 """
 
@@ -223,4 +239,21 @@ if #evicted > 0 then
   redis.call('HINCRBYFLOAT', KEYS[4], 'q_sum', num(-q_sum))
 end
 return evicted
+"""
+
+
+# RESTORE_SWAP: replace the live namespace by the copy staged under ARGV[2], in one atomic call (a restore that
+# fails before it leaves the live namespace as it was). All keys carry the namespace's hash tag.
+# ARGV[1] live prefix, ARGV[2] staging prefix, ARGV[3] msgpack list of live key suffixes to delete,
+# ARGV[4] msgpack list of staged key suffixes to move to the live prefix
+# Returns the number of keys moved.
+RESTORE_SWAP = """
+local live, staged = ARGV[1], ARGV[2]
+for _, k in ipairs(cmsgpack.unpack(ARGV[3])) do redis.call('UNLINK', live .. k) end
+local moved = 0
+for _, k in ipairs(cmsgpack.unpack(ARGV[4])) do
+  redis.call('RENAME', staged .. k, live .. k)
+  moved = moved + 1
+end
+return moved
 """

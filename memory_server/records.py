@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.wire import FORMAT_VERSION, WireError, decode_array, encode_array, field_of, pack, str_list_of, unpack
+from memory_server.config import MAX_REWARD
 
 __all__ = ["FORMAT_VERSION", "KINDS", "EmbeddingError", "Kind", "MemoryRecord", "Provenance", "RewardEvent", "WireError",
            "check_embedding", "decode_array", "decode_record", "decode_reward_event", "encode_array", "encode_record",
@@ -31,6 +32,35 @@ KINDS: tuple[str, ...] = ("success", "failure")
 
 class EmbeddingError(ValueError):
     """An embedding that is not a finite 1-D float vector of the expected dimension."""
+
+
+UNIT_NORM_TOL = 1e-3  # the indexes' tolerance (memory_server/index.py): cosine is an inner product of unit vectors
+
+
+def check_unit_norm(vec: np.ndarray, what: str = "embedding") -> None:
+    """EmbeddingError unless ``vec`` has L2 norm 1 (within ``UNIT_NORM_TOL``)."""
+    norm = float(np.linalg.norm(vec))
+    if not abs(norm - 1.0) <= UNIT_NORM_TOL:
+        raise EmbeddingError(f"{what} has L2 norm {norm:.4f}; memories are stored L2-normalised (norm 1)")
+
+
+def _check_number(name: str, value: Any, bound: float | None = None) -> None:
+    """ValueError unless ``value`` is a finite real number (within ±``bound`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if bound is not None and abs(value) > bound:
+        raise ValueError(f"{name} must be within ±{bound:g}, got {value!r}")
+
+
+def check_record_numbers(rec: MemoryRecord) -> None:
+    """ValueError naming the field unless Q, visits, last reward and the timestamps are sane numbers."""
+    _check_number("q", rec.q, MAX_REWARD)  # a Q is a running average of rewards
+    if isinstance(rec.visits, bool) or not isinstance(rec.visits, int) or rec.visits < 0:
+        raise ValueError(f"visits must be an integer >= 0, got {rec.visits!r}")
+    if rec.last_reward is not None:
+        _check_number("last_reward", rec.last_reward, MAX_REWARD)
+    _check_number("created_at", rec.created_at)
+    _check_number("updated_at", rec.updated_at)
 
 
 def check_embedding(vec: Any, dim: int | None = None) -> np.ndarray:
@@ -96,11 +126,10 @@ class MemoryRecord:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not self.id or not isinstance(self.id, str):
             raise ValueError(f"id must be a non-empty string, got {self.id!r}")
-        if not math.isfinite(self.q):
-            raise ValueError(f"q must be finite, got {self.q}")
         self.embedding = check_embedding(self.embedding)
         if self.updated_at is None:
             self.updated_at = self.created_at
+        check_record_numbers(self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemoryRecord):
@@ -125,8 +154,7 @@ class RewardEvent:
     def __post_init__(self) -> None:
         if not self.episode_id:
             raise ValueError("episode_id must be a non-empty string")
-        if not math.isfinite(self.reward):
-            raise ValueError(f"reward must be finite, got {self.reward}")
+        _check_number("reward", self.reward, MAX_REWARD)
 
 
 # --------------------------------------------------------------------------- messages

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +24,11 @@ import numpy as np
 import redis
 
 from memory_server import keys
-from memory_server.records import FORMAT_VERSION, EmbeddingError, MemoryRecord, WireError, decode_record, encode_record
+from memory_server.records import (FORMAT_VERSION, EmbeddingError, MemoryRecord, WireError, check_record_numbers,
+                                   check_unit_norm, decode_record, encode_record)
 
 CHUNK = 1000  # records per pipeline round trip / script call
-_STATUS = {1: "applied", 0: "duplicate", -1: "missing"}
+_STATUS = {1: "applied", 0: "duplicate", -1: "missing", -2: "corrupt"}
 
 
 class StoreError(RuntimeError):
@@ -36,12 +37,13 @@ class StoreError(RuntimeError):
 
 @dataclass
 class EventResult:
-    """What one reward event did: applied (Q changed), duplicate (no effect) or missing (memory gone)."""
+    """What one reward event did: applied (Q changed), duplicate (no effect), missing (memory gone) or corrupt (the
+    stored Q / visits are not numbers: nothing changed, the episode is not marked as applied)."""
 
     memory_id: str
     episode_id: str
-    status: Literal["applied", "duplicate", "missing"]
-    q: float | None  # the memory's Q after the event; None when missing
+    status: Literal["applied", "duplicate", "missing", "corrupt"]
+    q: float | None  # the memory's Q after the event; None when missing or corrupt
 
 
 def _f(x: float) -> str:
@@ -60,6 +62,7 @@ class MemoryStore:
         self._meta, self._index = keys.meta_key(namespace), keys.namespace_index_key(namespace)
         self._audit, self._qstats = keys.audit_stream(namespace), keys.q_stats_key(namespace)
         self._add = client.register_script(keys.ADD)
+        self._swap = client.register_script(keys.RESTORE_SWAP)
         self._apply = client.register_script(keys.APPLY_REWARDS)
         self._evict = client.register_script(keys.EVICT)
         self._get_many = client.register_script(keys.GET_MANY)
@@ -80,6 +83,7 @@ class MemoryStore:
                 raise ValueError(f"record {rec.id} is for namespace {rec.namespace!r}, this store is {self.namespace!r}")
             if rec.embedding.shape[0] != dim:
                 raise EmbeddingError(f"record {rec.id}: embedding dimension {rec.embedding.shape[0]}, namespace has {dim}")
+            check_unit_norm(rec.embedding, f"record {rec.id}: its embedding")
         added: list[str] = []
         for start in range(0, len(records), CHUNK):
             batch = []
@@ -124,7 +128,7 @@ class MemoryStore:
                                       msgpack.packb(batch, use_bin_type=False)])
             statuses, qs = msgpack.unpackb(reply, raw=False)
             for (m, e, _), s, q in zip(batch, statuses, qs):
-                out.append(EventResult(m, e, _STATUS[s], None if s == -1 else float(q)))
+                out.append(EventResult(m, e, _STATUS[s], None if s < 0 else float(q)))
         return out
 
     def evict(self, capacity: int, age_weight: float = 0.0, now: float | None = None) -> list[str]:
@@ -177,11 +181,24 @@ class MemoryStore:
     def shard_ids(self, shard: int) -> list[str]:
         return sorted(x.decode() for x in self.client.smembers(keys.shard_ids_key(self.namespace, shard)))
 
-    def iter_shard(self, shard: int, chunk: int = CHUNK) -> Iterator[MemoryRecord]:
-        """Every record of ``shard``, ``chunk`` records per round trip (skips ids evicted meanwhile)."""
+    def iter_shard(self, shard: int, chunk: int = CHUNK,
+                   on_bad: Callable[[str, Exception], None] | None = None) -> Iterator[MemoryRecord]:
+        """Every record of ``shard``, ``chunk`` records per round trip (skips ids evicted meanwhile). A stored record
+        that does not decode or check (a corrupt field, an embedding that is not unit length) raises, or with
+        ``on_bad`` is reported to it and skipped."""
         ids = self.shard_ids(shard)
         for start in range(0, len(ids), chunk):
-            for rec in self.get(ids[start:start + chunk]):
+            part = ids[start:start + chunk]
+            for mid, fields in zip(part, self._fields(part, keys.RECORD_FIELDS)):
+                try:
+                    rec = _to_record(fields)
+                    if rec is not None:
+                        check_unit_norm(rec.embedding, f"record {mid}: its embedding")
+                except (ValueError, TypeError) as e:  # WireError and EmbeddingError are ValueErrors
+                    if on_bad is None:
+                        raise
+                    on_bad(mid, e)
+                    continue
                 if rec is not None:
                     yield rec
 
@@ -263,41 +280,52 @@ class MemoryStore:
     def restore(self, path: str | Path) -> int:
         """Replace the namespace with a snapshot (records, Q, visits, applied sets, counters); returns the count.
 
-        The whole file is checked before anything is deleted. Audit and reward streams are kept; an audit
-        entry records the restore. Run with writers paused.
+        The whole file is checked first (every record decodes and its numbers are sane); the snapshot is then
+        written under staging keys and swapped in by one script call, so a bad file or an interrupted restore
+        leaves the live namespace as it was. Audit and reward streams are kept; an audit entry records the
+        restore. Run with writers paused.
         """
         header = _check_snapshot(Path(path))
         if header["namespace"] != self.namespace:
             raise StoreError(f"{path} holds namespace {header['namespace']!r}, this store is {self.namespace!r}")
         version = max(self.version(), int(header["version"])) + 1
-        self._clear()
+        staging = self._prefix + "staging:"
+        self._unlink_matching(staging + "*")  # what an interrupted restore left behind
+        staged: set[str] = set()
         pipe = self.client.pipeline(transaction=False)
         for n, entry in enumerate(_snapshot_entries(Path(path)), start=1):
             mid, fields, shard = entry["id"], dict(entry["fields"]), keys.shard_of(entry["id"], self.shards)
             fields["shard"] = str(shard).encode()
-            pipe.hset(keys.record_key(self.namespace, mid), mapping=fields)
+            pipe.hset(f"{staging}rec:{mid}", mapping=fields)
+            staged.add(f"rec:{mid}")
             if entry["applied"]:
-                pipe.sadd(keys.applied_key(self.namespace, mid), *entry["applied"])
-            pipe.zadd(self._index, {mid: float(fields["created_at"])})
-            pipe.sadd(keys.shard_ids_key(self.namespace, shard), mid)
+                pipe.sadd(f"{staging}applied:{mid}", *entry["applied"])
+                staged.add(f"applied:{mid}")
+            pipe.zadd(staging + "ids", {mid: float(fields["created_at"])})
+            pipe.sadd(f"{staging}shard:{shard}", mid)
+            staged |= {"ids", f"shard:{shard}"}
             if n % CHUNK == 0:
                 pipe.execute()
         meta = {**header["meta"], "shards": str(self.shards).encode(), "version": str(version).encode()}
-        pipe.hset(self._meta, mapping=meta)
+        pipe.hset(staging + "meta", mapping=meta)
+        staged.add("meta")
         if header["qstats"]:
-            pipe.hset(self._qstats, mapping=header["qstats"])
-        pipe.xadd(self._audit, {"op": "restore", "path": str(path), "count": header["count"],
-                                "from_version": header["version"]}, maxlen=self.audit_maxlen, approximate=True)
+            pipe.hset(staging + "qstats", mapping=header["qstats"])
+            staged.add("qstats")
         pipe.execute()
+        live = ["ids", "meta", "qstats"] + [k.decode()[len(self._prefix):] for pattern in ("rec:*", "applied:*", "shard:*")
+                                            for k in self.client.scan_iter(match=self._prefix + pattern, count=1000)]
+        self._swap(args=[self._prefix, staging, msgpack.packb(live, use_bin_type=False),
+                         msgpack.packb(sorted(staged), use_bin_type=False)])
+        self.client.xadd(self._audit, {"op": "restore", "path": str(path), "count": header["count"],
+                                       "from_version": header["version"]}, maxlen=self.audit_maxlen, approximate=True)
         return int(header["count"])
 
-    def _clear(self) -> None:
-        """Delete the namespace's state (records, applied sets, shard sets, index, meta, stats); keep streams."""
-        doomed = [self._index, self._meta, self._qstats]
-        for pattern in ("rec:*", "applied:*", "shard:*"):
-            doomed += self.client.scan_iter(match=self._prefix + pattern, count=1000)
+    def _unlink_matching(self, pattern: str) -> None:
+        doomed = list(self.client.scan_iter(match=pattern, count=1000))
         for start in range(0, len(doomed), CHUNK):
             self.client.unlink(*doomed[start:start + CHUNK])
+
 
 
 def _snapshot_entries(path: Path) -> Iterator[Any]:
@@ -321,6 +349,13 @@ def _check_snapshot(path: Path) -> dict[str, Any]:
                     or not isinstance(entry.get("fields"), dict) or not isinstance(entry.get("applied"), list) \
                     or not {"blob", "q", "visits", "created_at"} <= entry["fields"].keys():
                 raise WireError(f"{path}: entry {n} is not a memory record")
+            f = entry["fields"]
+            try:  # the record must be servable: it decodes, its numbers are sane, its applied set holds ids
+                _to_record([f["blob"], f["q"], f["visits"], f.get("last_reward"), f.get("updated_at", f["created_at"])])
+                if not math.isfinite(float(f["created_at"])) or not all(isinstance(a, str) for a in entry["applied"]):
+                    raise ValueError("created_at is not a finite number or an applied episode is not a string")
+            except (ValueError, TypeError) as e:
+                raise WireError(f"{path}: entry {n} ({entry['id']}): {e}") from None
             n += 1
     except (ValueError, msgpack.UnpackException) as e:
         if isinstance(e, WireError):
@@ -342,6 +377,7 @@ def _to_record(fields: list[Any]) -> MemoryRecord | None:
     rec = decode_record(blob)
     rec.q, rec.visits, rec.updated_at = float(q), int(visits), float(updated_at)
     rec.last_reward = float(last_reward) if last_reward else None
+    check_record_numbers(rec)  # the live fields bypass the record's constructor: check them the same way
     return rec
 
 

@@ -37,7 +37,8 @@ def test_buffer_exactly_once_and_dead_letters(redis_url: str) -> None:
     buf.put(_fake(0))  # the same episode again (a retried rollout)
 
     got = buf.read(10, block_ms=10)
-    assert [t.episode_id if t else None for _, t in got] == ["ep0", "ep1", "ep2", None, "ep0"]
+    # the episode put twice in one read is trained once: its second entry is only acknowledged
+    assert [t.episode_id if t else None for _, t in got] == ["ep0", "ep1", "ep2", None, None]
     assert "expected a msgpack map" in buf.dead_letters()[0]["reason"]
 
     # restart before the commit: the same consumer gets its pending entries back first
@@ -57,6 +58,20 @@ def test_buffer_exactly_once_and_dead_letters(redis_url: str) -> None:
 
 
 # --------------------------------------------------------------------------- learner with Ray + vLLM
+
+
+
+def test_a_restarted_reader_walks_its_backlog_once(redis_url: str) -> None:
+    """After a restart the pending entries come back in order, each once, then new ones (no loop on the first)."""
+    first = TrajectoryBuffer(redis_url, "walk")
+    for i in range(6):
+        first.put(_fake(i))
+    assert len(first.read(6, block_ms=10)) == 6  # delivered, never committed: all six stay pending
+    first.put(_fake(6))
+    again = TrajectoryBuffer(redis_url, "walk")  # the learner restarted
+    seen = [[t.episode_id for _, t in again.read(2, block_ms=10)] for _ in range(5)]
+    assert seen == [["ep0", "ep1"], ["ep2", "ep3"], ["ep4", "ep5"], ["ep6"], []]
+    assert again.stats["duplicate"] == 0  # nothing was re-read and marked for acknowledgement
 
 
 def _episodes(llm_pool, n_tasks: int, epochs: int) -> list:
@@ -170,3 +185,48 @@ def llm_pool_model(llm_pool) -> str:
     import ray
 
     return ray.get(llm_pool.handles[0].health.remote())["model"]
+
+
+@pytest.mark.slow
+def test_a_killed_learner_is_restarted_and_its_loop_supervised(ray_session, redis_url: str, tiny_model: Path,
+                                                               tmp_path: Path) -> None:
+    """SIGKILL of the learner actor mid-run: Ray restarts it from its checkpoint, the supervisor restarts its training
+    loop, and every trajectory is trained exactly once (before: the job ended with RayActorError)."""
+    import os
+    import signal
+
+    import ray
+
+    from cluster.config import LearnerConfig
+    from cluster.supervisor import LearnerSupervisor
+    from cluster.wiring import start_learner
+
+    cfg = LearnerConfig(enabled=True, batch_size=4, max_staleness=100, lr=1e-3, num_cpus=0.5, max_restarts=2)
+    handle = start_learner(cfg, str(tiny_model), redis_url, tmp_path / "learner", "sup", max_restarts=2)
+    sup = LearnerSupervisor(handle, cfg.max_restarts)
+    buf = TrajectoryBuffer(redis_url, "sup")
+
+    def put_groups(first: int) -> None:
+        for i in range(first, first + 8):  # two task groups of four, mixed rewards
+            buf.put(_fake(i, task=f"t{i // 4}"))
+
+    def wait_trained(n: int) -> None:
+        deadline = time.monotonic() + 240
+        while buf.committed()["trained"] < n:
+            assert time.monotonic() < deadline, buf.committed()
+            sup.version()  # what admission control calls: it revives a dead learner's loop
+            time.sleep(0.5)
+
+    try:
+        put_groups(0)
+        wait_trained(8)
+        os.kill(ray.get(handle.state.remote())["pid"], signal.SIGKILL)
+        put_groups(8)
+        wait_trained(16)
+        state = sup.stop()
+    finally:
+        ray.kill(handle, no_restart=True)
+    assert state["restarts"] == 1 and state["resumed_from"] is not None
+    assert buf.committed()["trained"] == 16 and buf.committed()["duplicates"] == 0
+    trained = [e for c in buf.commit_log() for e in c["episodes"]]
+    assert sorted(trained) == sorted(f"ep{i}" for i in range(16))

@@ -17,7 +17,7 @@ from cluster.services import RedisServer
 from cluster.wiring import start_shards
 from memory_server import keys
 from memory_server.client import MemoryClient
-from memory_server.records import MemoryRecord, Provenance, decode_reward_event
+from memory_server.records import MemoryRecord, Provenance, RewardEvent, decode_reward_event, encode_reward_event
 from memory_server.shard import MemoryShard
 from memory_server.store import MemoryStore
 
@@ -86,7 +86,7 @@ def _writer(client: MemoryClient, w: int, ids: list[str], n: int, rng_seed: int)
 def test_concurrent_writers_and_a_killed_shard_lose_and_double_nothing(ray_session, redis_url: str) -> None:
     ray = ray_session
     ns, shards = "conc", 2
-    cfg = MemoryConfig(namespace=ns, shards=shards, alpha=ALPHA, claim_idle_s=1.0)
+    cfg = MemoryConfig(namespace=ns, shards=shards, alpha=ALPHA, claim_idle_s=1.0, keep_reward_events=True)
     handles = start_shards(cfg, redis_url)
     rc = redis.Redis.from_url(redis_url)
     mem = MemoryClient(handles, redis_url, cfg)
@@ -133,7 +133,7 @@ def test_retrieval_answers_without_a_dead_shard(ray_session, redis_url: str) -> 
 
 def test_malformed_event_goes_to_dead_letter_and_the_shard_goes_on(redis_url: str) -> None:
     ns = "dl"
-    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
     shard.add(_records(2, ns))
     rc = redis.Redis.from_url(redis_url)
     stream = keys.reward_stream(ns, 0)
@@ -148,17 +148,38 @@ def test_malformed_event_goes_to_dead_letter_and_the_shard_goes_on(redis_url: st
     assert shard.pending() == 0
 
 
+def test_applied_reward_events_are_trimmed_and_pending_ones_kept(redis_url: str) -> None:
+    """The reward stream does not grow without bound: what the shard applied goes, what it holds stays."""
+    ns = "trim"
+    rc = redis.Redis.from_url(redis_url)
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    shard.add(_records(2, ns))
+    client = MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA))
+    for i in range(20):
+        client.feedback_blocking(f"ep{i}", ["m0000"], 1.0)
+    shard.drain()
+    stream = keys.reward_stream(ns, 0)
+    assert rc.xlen(stream) <= 1 and shard.stats["trimmed"] >= 19
+    assert shard.get(["m0000"])[0].visits == 20
+    client.feedback_blocking("late", ["m0001"], 1.0)
+    rc.xreadgroup("shards", shard.consumer, {stream: ">"}, count=10)  # delivered, not applied (a crash)
+    shard.reader.trim_acknowledged()
+    again = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    again.drain()
+    assert again.get(["m0001"])[0].visits == 1  # the pending event survived the trim and was applied
+
+
 def test_restarted_shard_applies_its_unacknowledged_backlog(redis_url: str) -> None:
     ns = "backlog"
     rc = redis.Redis.from_url(redis_url)
-    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
     shard.add(_records(3, ns))
     cfg = MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)
     for i in range(5):
         MemoryClient([shard], redis_url, cfg).feedback_blocking(f"ep{i}", ["m0000", "m0001"], 1.0)
     # Simulate a crash after reading, before applying: entries delivered but never acknowledged.
     rc.xreadgroup("shards", shard.consumer, {keys.reward_stream(ns, 0): ">"}, count=100)
-    again = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    again = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
     again.drain()
     assert again.pending() == 0
     _assert_matches_replay(MemoryStore(rc, ns, 1), rc, ns, 1, ["m0000", "m0001", "m0002"])
@@ -169,7 +190,7 @@ def test_redis_restart_with_aof_keeps_every_acknowledged_event(tmp_path: Path) -
     server = RedisServer(tmp_path, durable=True, appendfsync="always").start()
     ns = "aof"
     try:
-        shard = MemoryShard(server.url, ns, 0, 1, alpha=ALPHA, consume=False)
+        shard = MemoryShard(server.url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
         shard.add(_records(5, ns))
         cfg = MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)
         client = MemoryClient([shard], server.url, cfg)
@@ -182,7 +203,7 @@ def test_redis_restart_with_aof_keeps_every_acknowledged_event(tmp_path: Path) -
         rc = redis.Redis.from_url(server.url)
         after = {r.id: (r.q, r.visits) for r in MemoryStore(rc, ns, 1).get(list(before))}
         assert after == before
-        reborn = MemoryShard(server.url, ns, 0, 1, alpha=ALPHA, consume=False)
+        reborn = MemoryShard(server.url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
         assert reborn.drain() == 0  # nothing acknowledged is re-applied, nothing is pending
         assert {i: (r.q, r.visits) for i, r in zip(before, reborn.get(list(before)))} == before
     finally:
@@ -192,7 +213,7 @@ def test_redis_restart_with_aof_keeps_every_acknowledged_event(tmp_path: Path) -
 def test_rollback_restores_the_snapshot_exactly(redis_url: str, tmp_path: Path) -> None:
     ns = "snap"
     rc = redis.Redis.from_url(redis_url)
-    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
     ids = shard.add(_records(6, ns))
     client = MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA))
     client.feedback_blocking("ep-a", ids[:3], 1.0)
@@ -222,7 +243,7 @@ def test_capacity_evicts_lowest_utility_from_store_and_shards(ray_session, redis
     for i, r in enumerate(records):
         r.q = i / 10  # m0000 .. m0004 have the lowest utility
     mem.add_blocking(records)
-    evicted = mem.enforce_capacity()
+    evicted = mem.enforce_capacity_blocking()
     assert sorted(evicted) == [f"m{i:04d}" for i in range(5)]
     assert sum(ray.get([h.size.remote() for h in handles])) == 10
     got = mem.retrieve_blocking(records[0].embedding)
@@ -232,12 +253,40 @@ def test_capacity_evicts_lowest_utility_from_store_and_shards(ray_session, redis
         ray.kill(h, no_restart=True)
 
 
+def test_a_run_s_writes_keep_the_memory_within_capacity(ray_session, redis_url: str) -> None:
+    """memory.capacity holds as episodes write memories (not only when something calls eviction)."""
+    import asyncio
+
+    ray = ray_session
+    cfg = MemoryConfig(namespace="cap-run", shards=2, capacity=6, evict_age_weight=0.0)
+    handles = start_shards(cfg, redis_url)
+    vecs = {f"intent {i}": r.embedding for i, r in enumerate(_records(12, "cap-run"))}
+
+    class Lookup:  # the embedding of each test intent (the client under test is the point, not the embedder)
+        def encode(self, texts: list[str]):
+            return [vecs[t] for t in texts]
+
+    mem = MemoryClient(handles, redis_url, cfg, Lookup())
+
+    async def write_all() -> None:
+        for i in range(len(vecs)):
+            await mem.write_episode(episode_id=f"ep{i}", intent=f"intent {i}", experience="x", won=i % 2 == 0, task_id="t",
+                                    env="textworld", model_id="m", adapter_version=0, writer="w", retrieved_ids=[])
+
+    asyncio.run(write_all())
+    count = mem.stats()["count"]
+    assert 0 < count <= cfg.capacity
+    assert sum(ray.get([h.size.remote() for h in handles])) == count  # the shards forgot what was evicted
+    for h in handles:
+        ray.kill(h, no_restart=True)
+
+
 def test_memory_cli_stats_snapshot_rollback_export_import(redis_url: str, tmp_path: Path) -> None:
     import subprocess
     import sys
 
     ns = "cli"
-    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False, keep_events=True)
     ids = shard.add(_records(4, ns))
     MemoryClient([shard], redis_url, MemoryConfig(namespace=ns, shards=1, alpha=ALPHA)).feedback_blocking("ep", ids[:2], 1.0)
     shard.drain()
@@ -295,3 +344,60 @@ def test_index_settings_reach_the_shard_actors(ray_session, redis_url: str) -> N
     assert ray.get(handles[0].__ray_call__.remote(lambda s: s.index.ef_search)) == 77  # the call's beam did not stick
     for h in handles:
         ray.kill(h, no_restart=True)
+
+
+def test_an_add_in_flight_when_its_shard_dies_runs_again(ray_session, redis_url: str) -> None:
+    """A shard killed during ``add``: the restarted shard runs the call again (shard methods are idempotent), so the
+    episode's memory is written instead of the call failing with RayActorError."""
+    ray = ray_session
+    cfg = MemoryConfig(namespace="retry", shards=1)
+    handles = start_shards(cfg, redis_url)
+    records = _records(4000, "retry")  # an add long enough to kill the shard while it runs
+    ref = handles[0].add.remote(records)
+    time.sleep(0.3)
+    ray.kill(handles[0], no_restart=False)  # dies like a crash: Ray restarts it
+    ray.get(ref, timeout=120)
+    assert ray.get(handles[0].size.remote()) == 4000
+    assert MemoryStore(redis.Redis.from_url(redis_url), "retry", 1).count() == 4000
+    ray.kill(handles[0], no_restart=True)
+
+
+def test_a_reward_on_the_wrong_shard_s_stream_reaches_the_owner(redis_url: str) -> None:
+    """An event for another shard's memory is forwarded to the owner's stream (not applied behind its back, which
+    left the owner's in-memory Q stale until it restarted)."""
+    ns = "route"
+    rc = redis.Redis.from_url(redis_url)
+    s0 = MemoryShard(redis_url, ns, 0, 2, alpha=ALPHA, consume=False)
+    s1 = MemoryShard(redis_url, ns, 1, 2, alpha=ALPHA, consume=False)
+    records = _records(6, ns)
+    theirs = next(r.id for r in records if keys.shard_of(r.id, 2) == 1)
+    s1.add([r for r in records if keys.shard_of(r.id, 2) == 1])
+    s0.add([r for r in records if keys.shard_of(r.id, 2) == 0])
+    ev = RewardEvent("ep-x", [theirs], 1.0, time.time(), 0, 0)
+    rc.xadd(keys.reward_stream(ns, 0), {"e": encode_reward_event(ev)})  # on shard 0's stream by mistake
+    s0.drain()
+    s1.drain()
+    assert s0.stats["forwarded"] == 1 and s1.stats["applied"] == 1
+    live, stored = s1.get([theirs])[0], MemoryStore(rc, ns, 2).get([theirs])[0]
+    assert live.q == stored.q == pytest.approx(ALPHA * 1.0) and live.visits == stored.visits == 1
+
+
+def test_one_bad_record_does_not_stop_a_shard_from_starting(redis_url: str) -> None:
+    """A corrupt stored record is dead-lettered on rebuild and the shard serves the others; an embedding that is not
+    unit length is refused when it is written."""
+    from memory_server.records import EmbeddingError
+
+    ns = "bad-rec"
+    rc = redis.Redis.from_url(redis_url)
+    store = MemoryStore(rc, ns, 1)
+    records = _records(3, ns)
+    store.add(records)
+    rc.hset(keys.record_key(ns, records[1].id), "visits", "not a number")  # corrupted behind the store's back
+    shard = MemoryShard(redis_url, ns, 0, 1, alpha=ALPHA, consume=False)
+    assert shard.size() == 2 and shard.stats["bad_records"] == 1
+    dead = [f for _, f in rc.xrange(keys.dead_letter_stream(ns))]
+    assert dead and dead[-1][b"record"] == records[1].id.encode()
+    skewed = _records(1, ns, seed=9)[0]
+    skewed.id, skewed.embedding = "m-skewed", skewed.embedding * 2
+    with pytest.raises(EmbeddingError, match="norm"):
+        store.add([skewed])

@@ -229,3 +229,57 @@ def test_evict_script_revalues_candidates_at_deletion(redis_client):
                          args=[keys.prefix("test"), 2, "0.0", "0.0", 1000, msgpack.packb([c, a], use_bin_type=False)])
     assert [x.decode() for x in reply] == [a]
     assert store.count() == 2
+
+
+def test_add_checks_every_record_before_writing_any(redis_client):
+    """A batch whose second record has a non-finite timestamp writes nothing (before: the first was written,
+    orphaned from the counters, and the error came after)."""
+    import redis
+
+    store = MemoryStore(redis_client, "addcheck", 1)
+    stored, first, second = make_records(3, "addcheck")
+    store.add([stored])  # fixes the dimension
+
+    def row(r: MemoryRecord, created: str) -> list:
+        return [r.id, "0", b"x", "0", "0", "", created, created, r.kind, "e", "t", "env", "m", "0", "w", ""]
+
+    blob = msgpack.packb([row(first, "1000"), row(second, "nan")], use_bin_type=False)
+    with pytest.raises(redis.ResponseError, match="created_at is not a finite number"):
+        store._add(keys=[store._meta, store._index, store._audit, store._qstats], args=[store._prefix, 100, blob])
+    assert not redis_client.exists(keys.record_key("addcheck", first.id)) and store.count() == 1
+
+
+def test_a_corrupt_memory_s_reward_is_reported_not_marked_applied(redis_client):
+    """Corrupt stored visits: the event returns 'corrupt', nothing is written and the episode is not marked, so the
+    event applies once the record is repaired (before: the script raised after marking it, and the retry was
+    counted a duplicate: the reward was lost)."""
+    store = MemoryStore(redis_client, "corrupt", 1)
+    rec = make_records(1, "corrupt")[0]
+    store.add([rec])
+    redis_client.hset(keys.record_key("corrupt", rec.id), "visits", "many")
+    [res] = store.apply_rewards([(rec.id, "ep-1", 1.0)], alpha=0.5)
+    assert res.status == "corrupt" and not redis_client.sismember(keys.applied_key("corrupt", rec.id), "ep-1")
+    redis_client.hset(keys.record_key("corrupt", rec.id), "visits", "0")
+    [res] = store.apply_rewards([(rec.id, "ep-1", 1.0)], alpha=0.5)
+    assert res.status == "applied" and res.q == pytest.approx(0.5)
+
+
+def test_a_snapshot_with_a_bad_field_leaves_the_namespace_as_it_was(redis_client, tmp_path):
+    """Every field of every entry is checked before the swap (before: only the keys were, the namespace was
+    cleared first, and a non-numeric field left it empty)."""
+    store = MemoryStore(redis_client, "swap", shards=2)
+    store.add(make_records(6, "swap"))
+    store.snapshot(tmp_path / "s.msgpack")
+    with open(tmp_path / "s.msgpack", "rb") as f:
+        header, *entries = list(msgpack.Unpacker(f, raw=False, strict_map_key=True))
+    entries[4]["fields"]["visits"] = b"lots"
+    with open(tmp_path / "bad.msgpack", "wb") as f:
+        for item in (header, *entries):
+            f.write(msgpack.packb(item, use_bin_type=True))
+    before = dump_namespace(redis_client, "swap", 2)
+    with pytest.raises(WireError, match="entry 4"):
+        store.restore(tmp_path / "bad.msgpack")
+    assert dump_namespace(redis_client, "swap", 2) == before
+    assert not list(redis_client.scan_iter(match=keys.prefix("swap") + "staging:*"))
+    assert store.restore(tmp_path / "s.msgpack") == 6 and store.count() == 6
+    assert dump_namespace(redis_client, "swap", 2)["records"].keys() == before["records"].keys()

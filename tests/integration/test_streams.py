@@ -116,3 +116,25 @@ def test_reclaim_takes_over_entries_of_a_dead_consumer(redis_client: redis.Redis
         c.ack([e for e, _ in batch])  # handled before the next batch is claimed
     assert [e for b in batches for e in b] == ids and max(len(b) for b in batches) == 4
     assert c.pending() == 0
+
+
+def test_trim_removes_only_what_every_group_acknowledged(redis_url: str) -> None:
+    """Acknowledged entries go; a pending entry (with any group) and undelivered entries stay readable."""
+    client = redis.Redis.from_url(redis_url)
+    stream = "epiq:test:trim"
+    a = StreamConsumer(client, stream, "ga", "c")
+    b = StreamConsumer(client, stream, "gb", "c")
+    a.ensure_group()
+    b.ensure_group()
+    ids = [client.xadd(stream, {"i": str(i)}) for i in range(10)]
+    got_a = a.read_new(6)
+    a.ack([e for e, _ in got_a if e != ids[3]])  # group a holds entry 3 pending
+    got_b = b.read_new(8)
+    b.ack([e for e, _ in got_b])  # group b acknowledged 0..7; 8, 9 undelivered to both
+    assert a.trim_acknowledged() == 3  # 0, 1, 2: the oldest entry still needed is a's pending 3
+    left = [e for e, _ in client.xrange(stream)]
+    assert left == ids[3:]
+    assert [e for e, _ in a.read_pending(10)] == [ids[3]]  # still pending and readable
+    a.ack([ids[3]])
+    assert a.trim_acknowledged() == 2  # up to a's last delivered (5), kept itself
+    assert [e for e, _ in client.xrange(stream)][0] == ids[5] and len(a.read_new(10)) == 4

@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from actors.agent import Trajectory
 from actors.prompting import build_prompt, experience_text, parse_action, plan_line, script_of
 from cluster.metrics import Recorder, csr
@@ -146,3 +148,23 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path: Path) -> None:
     rec.close()
     text = out.getvalue()
     assert "\r" not in text and "epoch 1 (seed 0)" in text
+
+
+def test_resume_after_a_hard_kill_mid_append(tmp_path: Path) -> None:
+    """A driver killed while appending leaves half a line: resume drops it (that episode runs again) and appends
+    continue on a clean line; a damaged line in the middle is an error naming the file and line."""
+    from cluster.metrics import RunFileError
+
+    rec = Recorder(tmp_path, ["a", "b"], epochs=2, progress=None, tensorboard=False)
+    rec.record(_traj("a", 0, True))
+    rec.close()
+    with (tmp_path / "episodes.jsonl").open("a") as f:
+        f.write('{"episode_id": "s0-e0-b-g0", "task_id": "b", "ep')  # the kill
+    again = Recorder(tmp_path, ["a", "b"], epochs=2, progress=None, tensorboard=False)
+    assert again.finished(0) == {(0, "a", 0)}
+    again.record(_traj("b", 0, False))
+    lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    assert [json.loads(x)["task_id"] for x in lines] == ["a", "b"]
+    (tmp_path / "episodes.jsonl").write_text(lines[0] + "\nnot json\n" + lines[1] + "\n")
+    with pytest.raises(RunFileError, match=r"episodes.jsonl:2"):
+        Recorder(tmp_path, ["a", "b"], epochs=2, progress=None, tensorboard=False)

@@ -167,3 +167,27 @@ def test_exponent_notation_without_a_dot_is_a_float_in_files_and_overrides(tmp_p
     assert load(str(path), ["learner.lr=1e-3"]).learner.lr == 1e-3
     with pytest.raises(ConfigError, match="learner.lr = 'fast': expected float"):
         load(str(path), ["learner.lr=fast"])
+
+
+@pytest.mark.parametrize("key,value", [("memory.reward_success", ".nan"), ("memory.q_init", ".inf"),
+                                       ("memory.q_floor", "-.inf"), ("memory.claim_idle_s", ".inf"),
+                                       ("learner.lr", ".nan")])
+def test_non_finite_floats_are_config_errors(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key} = .*finite"):
+        build({}, [f"{key}={value}"])
+
+
+def test_namespaces_and_reward_magnitudes_are_checked_before_the_run() -> None:
+    with pytest.raises(ConfigError, match=r"^memory.namespace: use 1-128 letters"):
+        build({"memory": {"namespace": "a b"}})
+    with pytest.raises(ConfigError, match=r"^memory.reward_success: must be within"):
+        build({}, ["memory.reward_success=1e308"])
+
+
+def test_a_binary_config_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="not a text file"):
+        load(bad)
+    proc = _cli("config", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

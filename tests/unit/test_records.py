@@ -1,5 +1,7 @@
 """Wire messages: round trips, malformed bytes, versions and embedding checks."""
 
+from pathlib import Path
+
 import msgpack
 import numpy as np
 import pytest
@@ -150,3 +152,30 @@ def test_wire_pack_unpack_and_field_readers():
         field_of({"b": True}, "b", int, "probe")
     with pytest.raises(WireError, match="array: expected a map"):
         decode_array([1, 2])
+
+
+@pytest.mark.parametrize("field,value", [("created_at", float("nan")), ("updated_at", float("inf")),
+                                         ("visits", 1.5), ("visits", -1), ("last_reward", float("nan")),
+                                         ("q", 1e308)])
+def test_a_record_with_a_bad_number_is_refused(field: str, value: object) -> None:
+    v = np.ones(4, dtype=np.float32) / 2
+    kw = dict(namespace="t", intent="i", embedding=v, experience="x", kind="success",
+              provenance=Provenance("ep", "t", "textworld", "m", 0, "w", []))
+    with pytest.raises(ValueError, match=field):
+        MemoryRecord(**kw, **{field: value})
+
+
+def test_a_forged_reward_magnitude_is_refused() -> None:
+    with pytest.raises(ValueError, match="reward must be within"):
+        RewardEvent("ep", ["m"], 1e308, 0.0, 0, 0)
+
+
+def test_memory_import_of_a_malformed_file_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    from memory_server.cli import main
+
+    for text in ("[1, 2]\n", '{"id": "m"}\n', '{"id": "m", "embedding": [1], "provenance": 3}\n', "{not json\n"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        assert main(["import", "--url", "redis://127.0.0.1:1/0", "--in", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bad.jsonl:1" in err, err

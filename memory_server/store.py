@@ -352,8 +352,8 @@ def _check_snapshot(path: Path) -> dict[str, Any]:
             f = entry["fields"]
             try:  # the record must be servable: it decodes, its numbers are sane, its applied set holds ids
                 _to_record([f["blob"], f["q"], f["visits"], f.get("last_reward"), f.get("updated_at", f["created_at"])])
-                if not math.isfinite(float(f["created_at"])) or not all(isinstance(a, str) for a in entry["applied"]):
-                    raise ValueError("created_at is not a finite number or an applied episode is not a string")
+                if not math.isfinite(float(f["created_at"])) or not all(isinstance(a, (str, bytes)) for a in entry["applied"]):
+                    raise ValueError("created_at is not a finite number, or an applied episode id is not text")
             except (ValueError, TypeError) as e:
                 raise WireError(f"{path}: entry {n} ({entry['id']}): {e}") from None
             n += 1

@@ -15,6 +15,7 @@ query of the scheduler's admission control, and when the seed ends) and starts t
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -76,5 +77,15 @@ class LearnerSupervisor:
                               f"{self.max_restarts}); last error: {type(err).__name__}: {str(err)[:300]}") from None
         log.warning("the LoRA learner died (%s); Ray restarts it from its checkpoint (restart %d of at most %d)",
                     type(err).__name__, self.restarts, self.max_restarts)
-        ray.get(self.handle.state.remote(), timeout=CALL_TIMEOUT_S)  # answers once the new actor has resumed
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while True:  # calls to a restarting actor fail at once: ask until the new one has resumed and answers
+            try:
+                ray.get(self.handle.state.remote(), timeout=CALL_TIMEOUT_S)
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise LearnerDied(f"the LoRA learner did not come back within {CALL_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as e:  # gone for good (no restarts left in Ray)
+                raise LearnerDied(f"the LoRA learner died and was not restarted: {str(e)[:300]}") from None
         self.loop = self.handle.run.remote()

@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                  "llm.enable_lora=true", "redis.durable=true", "redis.appendfsync=always", "rollout.seeds=[0]",
                  "rollout.epochs=3", "rollout.actors=2", "rollout.concurrency=8", "rollout.max_in_flight=16",
                  "learner.batch_size=8", "memory.claim_idle_s=5",
+                 "cluster.num_cpus=3",  # engine 1 + two shards 0.5 each + the learner 0.5 (Ray's logical CPUs; 2 cores here)
                  "env.task_seeds=[1023,1163,1144,1157,1041,1077,1042,1194,1032,1056]",
                  f"run.name=chaos-{time.strftime('%Y%m%d-%H%M%S')}", f"run.output_dir={args.out.parent}", *args.set]
     cfg = load(args.config, overrides)

@@ -91,3 +91,29 @@ def test_ray_token_file_is_private_from_creation(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "auth_token").stat().st_mode) == 0o600
+
+
+def test_a_local_run_s_public_listeners_are_ray_s_only(ray_session, tmp_path: Path) -> None:
+    """What the README says about listeners: valkey is loopback-only, and every socket a local run's processes
+    listen on beyond loopback belongs to Ray itself (Ray 2.60 binds its servers to all interfaces; token auth)."""
+    from cluster.services import descendants
+
+    server = RedisServer(tmp_path).start()
+    try:
+        ours = set(descendants())
+        public = []
+        for c in psutil.net_connections("tcp"):
+            if c.status != "LISTEN" or c.pid not in ours or c.laddr.ip in ("127.0.0.1", "::1"):
+                continue
+            try:
+                cmd = " ".join(psutil.Process(c.pid).cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            public.append((c.laddr.ip, c.laddr.port, cmd[:100]))
+        assert public, "no public listener at all: Ray binds loopback now; update the README"
+        not_ray = [p for p in public if "ray" not in p[2].lower()]
+        assert not not_ray, f"a non-Ray process listens beyond loopback: {not_ray}"
+        assert all(c.laddr.ip == "127.0.0.1" for c in psutil.net_connections("tcp")
+                   if c.status == "LISTEN" and c.laddr.port == server.port)
+    finally:
+        server.stop()

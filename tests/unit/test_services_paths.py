@@ -24,3 +24,34 @@ def test_long_run_folder_links_a_short_temp_dir_and_a_resume_keeps_old_logs(tmp_
         assert len(kept) == 1 and (kept[0] / "old.log").read_text() == "session 1"
     finally:
         shutil.rmtree(second, ignore_errors=True)
+
+
+def test_a_second_sigterm_during_clean_up_does_not_cut_it_short(tmp_path, monkeypatch) -> None:
+    """A SIGTERM that arrives while the services stop is noted, not obeyed: the clean-up runs to its end, and the
+    handlers from before are back afterwards."""
+    import os
+    import signal
+    import time
+
+    from cluster.config import build
+    from cluster.services import LocalServices, _raise_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    svc = LocalServices(build({}), tmp_path)
+    svc._old_sigterm = before
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # what entering the services installs
+    finished = []
+
+    def clean_up() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the second SIGTERM, mid clean-up
+        time.sleep(0.05)
+        finished.append(True)
+
+    monkeypatch.setattr(svc, "_stop_all", clean_up)
+    try:
+        svc.stop()
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert finished == [True]
+    assert after is before  # the run's handler is gone, the one from before the run is back

@@ -33,8 +33,7 @@ NAMES = {"last": "Last", "csr": "CSR", "heldout": "held-out (frozen)", "forgetti
 # compared pairs (a, b): a - b, when both are in the report
 PAIRS = [("rag", "none"), ("memrl", "none"), ("memory", "none"), ("lora", "none"), ("memory+lora", "none"),
          ("memrl", "rag"), ("memory+lora", "memrl"), ("memory+lora", "lora")]
-def _rows(path: Path) -> list[dict]:
-    return read_jsonl(path)  # a last line cut off by a hard kill is left out
+
 
 
 def expand(run_dirs: list[Path]) -> dict[str, Path]:
@@ -78,7 +77,7 @@ def forgetting(episodes: list[dict], last_epoch: int) -> float:
 def aggregate(run_dir: Path) -> dict[str, Any]:
     """One run over its seeds: per-epoch success and CSR (mean and 95% interval), and per seed and over seeds
     Last, CSR, held-out success and forgetting."""
-    rows = _rows(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     seeds = sorted({r["seed"] for r in rows})
     epochs = sorted({r["epoch"] for r in rows})
     by = {(r["seed"], r["epoch"]): r for r in rows}
@@ -90,13 +89,13 @@ def aggregate(run_dir: Path) -> dict[str, Any]:
             for part in ("mean", "lo", "hi"):
                 curve[f"{name}_{part}"].append(getattr(iv, part))
     last_epoch = {s: max(e for (ss, e) in by if ss == s) for s in seeds}
-    episodes = _rows(run_dir / "episodes.jsonl")
+    episodes = read_jsonl(run_dir / "episodes.jsonl")
     per_seed: dict[str, dict[int, float]] = {
         "last": {s: by[(s, last_epoch[s])]["success_rate"] for s in seeds},
         "csr": {s: by[(s, last_epoch[s])]["csr"] for s in seeds},
         "forgetting": {s: forgetting([e for e in episodes if e["seed"] == s], last_epoch[s]) for s in seeds},
     }
-    held = _rows(run_dir / "heldout" / "metrics.jsonl")
+    held = read_jsonl(run_dir / "heldout" / "metrics.jsonl")
     if held:
         per_seed["heldout"] = {r["seed"]: r["success_rate"] for r in held}
     out: dict[str, Any] = {"run_dir": str(run_dir), "seeds": seeds, "epochs": [e + 1 for e in epochs], **curve,

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-_NORM_TOL = 1e-3
+from memory_server.records import UNIT_NORM_TOL  # the one tolerance for unit-length embeddings
 
 
 def _check_vectors(vecs: np.ndarray, dim: int, n: int) -> np.ndarray:
@@ -47,7 +47,7 @@ def _check_rows(arr: np.ndarray) -> None:
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
         raise ValueError(f"vector {bad} contains NaN or inf")
     norms = np.linalg.norm(arr, axis=1)
-    off = np.abs(norms - 1.0) > _NORM_TOL
+    off = np.abs(norms - 1.0) > UNIT_NORM_TOL
     if off.any():
         bad = int(np.flatnonzero(off)[0])
         raise ValueError(f"vector {bad} has L2 norm {norms[bad]:.4f}; vectors must be L2-normalised (norm 1)")

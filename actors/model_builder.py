@@ -6,7 +6,8 @@ LLaMA config, training it on TextWorld coin_collector walkthroughs in the agent'
 progress lines on stderr), building deterministically (same seed -> byte-identical ``model.safetensors``, its
 sha256 in ``build_info.json``), the cache folder ``<cache_dir>/models/epiq-tiny-<hash>`` (built once,
 atomically; the training games are cached under ``<cache_dir>/textworld``), and resolving ``llm.model``
-("epiq-tiny" -> that folder; anything else passes through unchanged).
+("epiq-tiny" -> that folder; a packaged model name or a .gguf path -> ``actors.pretrained``'s built folder;
+anything else passes through unchanged).
 
     python -m actors.model_builder --out /tmp/epiq-tiny [--seed 0] [--cache-dir .cache]   # build into a new folder
 """
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common.caches import sha256_file
 
 DEFAULT_MODEL = "epiq-tiny"
 BUILDER_VERSION = "2"  # bump when the build procedure changes (spec, corpus, training and source changes already do)
@@ -170,14 +173,6 @@ def _build_model(out: Path, tokenizer: Any, seed: int, cache_dir: Path, train: d
                          "games_seconds": round(games_s, 1), **stats}}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_model(out: Path, seed: int = 0, cache_dir: Path | None = None, **train: Any) -> dict[str, Any]:
     """Build epiq-tiny into ``out`` (created; must not hold files) and return its build info.
 
@@ -240,8 +235,13 @@ def ensure_default_model(cache_dir: Path, seed: int = 0) -> Path:
 
 
 def resolve_model(model: str, cache_dir: Path) -> str:
-    """``llm.model`` -> what vLLM loads: the built epiq-tiny folder, or the value itself (path / hub id)."""
-    return str(ensure_default_model(cache_dir)) if model == DEFAULT_MODEL else model
+    """``llm.model`` -> what vLLM loads: the built epiq-tiny folder, a packaged or GGUF model's built folder
+    (``actors.pretrained``), or the value itself (a local Hugging Face folder / hub id)."""
+    if model == DEFAULT_MODEL:
+        return str(ensure_default_model(cache_dir))
+    from actors.pretrained import is_pretrained, resolve_pretrained  # imports this module: resolved lazily
+
+    return resolve_pretrained(model, cache_dir) if is_pretrained(model) else model
 
 
 def main(argv: list[str] | None = None) -> int:

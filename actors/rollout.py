@@ -1,7 +1,7 @@
 """Rollout actors: each runs many agent episodes at once on asyncio, sharing one LLM client and one memory client.
 
 Owns: the per-process clients (vLLM pool or OpenAI endpoint, memory router with its embedder, tokenizer for
-prompt budgets, the learner's trajectory stream when weights are learned), one environment per episode with its
+prompt budgets and the model's chat template, the learner's trajectory stream when weights are learned), one environment per episode with its
 steps on a thread pool, and turning any environment or model error into a failed episode with its reason (the
 actor goes on). A plain class that gets its own config sections; the driver makes it an async Ray actor with
 ``max_concurrency = rollout.concurrency`` (``cluster.wiring.start_rollout_workers``).
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from actors.agent import EpisodeSettings, EpisodeSpec, Trajectory, run_episode
+from actors.agent import ChatRenderer, EpisodeSettings, EpisodeSpec, Trajectory, run_episode
 from actors.config import AgentConfig, EnvConfig, LLMConfig
 from actors.contracts import LLMClient
 from memory_server.config import MemoryConfig
@@ -49,7 +49,7 @@ class RolloutWorker:
 
             self.memory = MemoryClient(shards or [], redis_url or "", memory, load_embedder(memory.embedder),
                                        seed=worker_id)
-        self.count_tokens = _token_counter(model_path)
+        self.count_tokens, self.chat = _tokenizer_tools(model_path)
         self.buffer = None  # with the LoRA learner on, finished episodes go to its trajectory stream
         if trajectory_stream is not None:
             from learner.buffer import TrajectoryBuffer
@@ -62,7 +62,7 @@ class RolloutWorker:
         env = AsyncEnv(make_env(self.env_cfg, cache_dir=self.cache_dir), self.executor)
         try:
             traj = await run_episode(spec, env, self.llm, self.memory, self.settings, self.count_tokens,
-                                     writer=self.writer)
+                                     writer=self.writer, chat=self.chat)
         finally:
             await env.close()
         if self.buffer is not None and spec.learn and traj.error is None:
@@ -89,11 +89,23 @@ def _make_llm(cfg: LLMConfig, engines: list[Any] | None) -> LLMClient:
     raise ValueError(f"unknown llm.backend {cfg.backend!r}")
 
 
-def _token_counter(model_path: str) -> Callable[[str], int]:
-    """Token counts for prompt budgets: the model's tokenizer when it is local, else ~4 characters a token."""
-    if os.path.isdir(model_path):
-        from transformers import AutoTokenizer
+def _tokenizer_tools(model_path: str) -> tuple[Callable[[str], int], ChatRenderer | None]:
+    """Token counts for prompt budgets and the chat template (messages -> prompt token ids) of a local model;
+    without a local tokenizer ~4 characters a token and no template (an OpenAI endpoint applies its own)."""
+    if not os.path.isdir(model_path):
+        return (lambda text: len(text) // 4 + 1), None
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_path)
-        return lambda text: len(tok.encode(text, add_special_tokens=False))
-    return lambda text: len(text) // 4 + 1
+    tok = AutoTokenizer.from_pretrained(model_path)
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    if not getattr(tok, "chat_template", None):
+        return count, None
+
+    def render(messages: list[dict[str, str]]) -> list[int]:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tok.encode(text, add_special_tokens=False))  # the template already holds its special tokens
+
+    return count, render

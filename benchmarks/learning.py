@@ -11,6 +11,10 @@ per-step metrics (advantages, KL to the behaviour policy, reward) of each LoRA m
 
     python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, the quickstart's 4 seeds
     python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13
+    python -m benchmarks.learning --env code --modes none,rag,memrl      # HumanEval with SmolLM2 (configs/code-smollm2.yaml)
+
+``--env code|sql|math`` runs that family's CPU config (``configs/<env>-smollm2.yaml``: SmolLM2-135M-Instruct,
+a subset sized for this machine) with no held-out set.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ def learner_steps(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="epiq bench learning", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument("--config", default=None, help="default: configs/quickstart.yaml, or the --env family's config")
+    p.add_argument("--env", choices=["textworld", "code", "sql", "math"], default="textworld",
+                   help="task family: the quickstart's TextWorld games, or configs/<env>-smollm2.yaml")
     p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
     p.add_argument("--seeds", default="0,1,2,3", help="run seeds (the quickstart's four)")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
@@ -60,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.train import run
 
     name = args.resume or f"learning-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.config is None:
+        args.config = "configs/quickstart.yaml" if args.env == "textworld" else f"configs/{args.env}-smollm2.yaml"
+    if args.env != "textworld" and (args.taskset or args.heldout):
+        print("epiq bench learning: --taskset and --heldout are for the TextWorld games", file=sys.stderr)
+        return 2
     heldout = ",".join(map(str, HELDOUT_SEEDS)) if args.heldout is None else args.heldout
     overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]",
                  f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}"]
@@ -72,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"env.task_seeds=[{','.join(str(x) for g in groups[:5] for x in g['seeds'])}]")
         if args.heldout is None:
             heldout = ",".join(str(x) for g in groups[5:] for x in g["seeds"])
-    overrides += [f"env.heldout_seeds=[{heldout}]", *args.set]
+    if args.env == "textworld":
+        overrides.append(f"env.heldout_seeds=[{heldout}]")
+    overrides += args.set
     if args.epochs:
         overrides.append(f"rollout.epochs={args.epochs}")
     try:

@@ -6,10 +6,12 @@ point (e.g. ``python -m actors.envs.distractors``) calls ``redirect_caches`` bef
 
     env = cache_env(Path(".cache"))          # {"HF_HOME": ".../.cache/huggingface", ...}
     redirect_caches(Path(".cache"))          # the same, into os.environ (existing values win)
+    sha256_file(folder / "model.safetensors")  # how built model folders are checked
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -36,3 +38,12 @@ def redirect_caches(cache_dir: str | Path) -> dict[str, str]:
     for key, value in env.items():
         os.environ.setdefault(key, value)
     return env
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks (model weights are checked with it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

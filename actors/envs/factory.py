@@ -1,6 +1,8 @@
 """The explicit factories of the environment families: ``env.name`` -> implementation, one file each.
 
-Heavy libraries (textworld, alfworld) are imported only when their family is asked for.
+Families: text games (``textworld``, ``alfworld``) and single- or multi-turn tasks (``code``: HumanEval in a
+sandbox, ``sql``: LifelongAgentBench DB on SQLite, ``math``: GSM8K). Heavy libraries (textworld, alfworld) are
+imported only when their family is asked for.
 
     env = make_env(cfg.env, cache_dir)            # a TextEnv
     tasks = task_set(cfg.env, cache_dir)          # the config's TaskSpecs
@@ -13,6 +15,8 @@ from pathlib import Path
 from actors.config import EnvConfig
 from actors.envs.base import TaskSpec, TextEnv
 
+FAMILIES = ("textworld", "alfworld", "code", "sql", "math")
+
 
 def make_env(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> TextEnv:
     """The environment named by ``cfg.name`` (heavy libraries are imported only here)."""
@@ -24,7 +28,19 @@ def make_env(cfg: EnvConfig, cache_dir: str | Path = ".cache") -> TextEnv:
         from actors.envs.alfworld_env import AlfWorldEnv
 
         return AlfWorldEnv(cfg, cache_dir)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")
+    elif cfg.name == "code":
+        from actors.envs.code_env import CodeEnv
+
+        return CodeEnv(cfg)
+    elif cfg.name == "sql":
+        from actors.envs.sql_env import SqlEnv
+
+        return SqlEnv(cfg)
+    elif cfg.name == "math":
+        from actors.envs.math_env import MathEnv
+
+        return MathEnv(cfg)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected one of {FAMILIES}")
 
 
 def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = False) -> list[TaskSpec]:
@@ -39,4 +55,16 @@ def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = F
         from actors.envs.alfworld_env import task_set as alfworld_tasks
 
         return alfworld_tasks(cfg, cache_dir)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected 'textworld' or 'alfworld'")
+    elif cfg.name == "code":
+        from actors.envs.code_env import task_set as code_tasks
+
+        return code_tasks(cfg)
+    elif cfg.name == "sql":
+        from actors.envs.sql_env import task_set as sql_tasks
+
+        return sql_tasks(cfg)
+    elif cfg.name == "math":
+        from actors.envs.math_env import task_set as math_tasks
+
+        return math_tasks(cfg)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected one of {FAMILIES}")

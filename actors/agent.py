@@ -115,6 +115,9 @@ class Trajectory:
 
 
 ChatRenderer = Callable[[list[dict[str, str]]], list[int]]  # messages -> prompt token ids (the chat template)
+# Where a reply ends early: a game command is one line; code and SQL end with their block's closing fence (the
+# explanation a chat model adds after it is not generated); a worked solution runs to the end of the turn.
+STOPS: dict[str, list[str]] = {"command": ["\n"], "code": ["\n```\n"], "sql": ["\n```\n"]}
 
 
 def _chat_prompt(chat: ChatRenderer, reply: str, task_text: str, admissible: list[str], experiences: list[str],
@@ -171,7 +174,7 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                                           count_tokens, st.prompt_budget, step=step_no)
                 with timer("llm"):
                     gen = await llm.generate(prompt, max_tokens=st.max_new_tokens, temperature=st.temperature,
-                                             top_p=st.top_p, stop=["\n"] if reply == "command" else None)
+                                             top_p=st.top_p, stop=STOPS.get(reply))
                 action = parse_reply(reply, gen.text, admissible, entry_point=obs.info.get("entry_point"))
                 with timer("env"):
                     step = await env.step(action)

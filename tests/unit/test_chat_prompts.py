@@ -112,7 +112,7 @@ def test_an_episode_with_a_chat_template_sends_rendered_ids_and_parses_code() ->
     traj = asyncio.run(run_episode(spec, AsyncEnv(TwoTryCode(2)), llm, None, settings, WORDS, chat=chat))
     assert traj.error is None and traj.won and traj.steps == 2
     assert traj.actions == ["def f(x):\n    return x", "def f(x):\n    return x + 1"]  # the code blocks, newlines kept
-    assert all(c["stop"] is None for c in llm.calls)  # no newline stop outside games
+    assert all(c["stop"] == ["\n```\n"] for c in llm.calls)  # the block's closing fence, not a newline
     assert llm.calls[0]["prompt"] == list(range(20)) and traj.turns[0].prompt_ids == list(range(20))
     assert [m["role"] for m in rendered[1]] == ["system", "user", "assistant", "user"]
     assert "```python" in rendered[1][2]["content"]  # the repair turn shows the model its own reply

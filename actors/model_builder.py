@@ -18,14 +18,13 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common.caches import sha256_file
+from common.caches import build_once, sha256_file
 
 DEFAULT_MODEL = "epiq-tiny"
 BUILDER_VERSION = "2"  # bump when the build procedure changes (spec, corpus, training and source changes already do)
@@ -213,25 +212,11 @@ def cache_key(seed: int = 0) -> str:
 
 def ensure_default_model(cache_dir: Path, seed: int = 0) -> Path:
     """``<cache_dir>/models/epiq-tiny-<hash>``, built once (in a temp folder renamed into place)."""
-    models = Path(cache_dir).resolve() / "models"
-    final = models / f"{DEFAULT_MODEL}-{cache_key(seed)}"
-    if (final / "build_info.json").is_file():
-        return final
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=models))
-    try:
+    final = Path(cache_dir).resolve() / "models" / f"{DEFAULT_MODEL}-{cache_key(seed)}"
+    if not (final / "build_info.json").is_file():
         print(f"epiq-tiny: building (training) the default model into {final} - a few minutes, once",
               file=sys.stderr, flush=True)
-        build_model(tmp, seed, cache_dir=Path(cache_dir))
-        tmp.chmod(0o755)  # mkdtemp made it private
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / "build_info.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, lambda tmp: build_model(tmp, seed, cache_dir=Path(cache_dir)))
 
 
 def resolve_model(model: str, cache_dir: Path) -> str:

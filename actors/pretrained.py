@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.caches import sha256_file
+from common.caches import build_once, sha256_file
 
 BUILDER_VERSION = "1"
 
@@ -126,23 +123,8 @@ def resolve_pretrained(model: str, cache_dir: Path) -> str:
     gguf_sha = sha256_file(gguf)
     if entry is not None and gguf_sha != entry.gguf_sha256:
         raise RuntimeError(f"llm.model: {gguf} has sha256 {gguf_sha}, expected {entry.gguf_sha256} ({entry.wheel})")
-    models = Path(cache_dir).resolve() / "models"
-    final = models / f"{name}-{gguf_sha[:12]}"
-    if (final / "build_info.json").is_file():
-        return str(final)
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=models))
-    try:
-        build(gguf, tmp, name, expect_weights)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / "build_info.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    final = Path(cache_dir).resolve() / "models" / f"{name}-{gguf_sha[:12]}"
+    return str(build_once(final, lambda tmp: build(gguf, tmp, name, expect_weights)))
 
 
 def main(argv: list[str] | None = None) -> int:

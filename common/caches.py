@@ -7,12 +7,16 @@ point (e.g. ``python -m actors.envs.distractors``) calls ``redirect_caches`` bef
     env = cache_env(Path(".cache"))          # {"HF_HOME": ".../.cache/huggingface", ...}
     redirect_caches(Path(".cache"))          # the same, into os.environ (existing values win)
     sha256_file(folder / "model.safetensors")  # how built model folders are checked
+    build_once(models / "name-<hash>", lambda tmp: ...)   # a cache folder built once, atomically
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,3 +51,23 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def build_once(final: Path, build: Callable[[Path], object], marker: str = "build_info.json") -> Path:
+    """The cache folder ``final``, built once: ``build(tmp)`` fills a temporary sibling that is then renamed into
+    place (a folder is complete when it holds ``marker``; when another process finished first, theirs is kept)."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp made it private
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

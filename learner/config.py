@@ -35,12 +35,15 @@ class LearnerConfig:
     checkpoint_interval: int = doc(1, "Learner steps between checkpoints; trajectories are acknowledged in the buffer only once a checkpoint covers them.")
     behav_weight_cap: float | None = doc(None, "Upper bound on the decoupled weight pi_prox/pi_behav per token; null = uncapped.")
     kl_coef: float = doc(0.0, "Weight of a KL(pi_theta || base model) penalty per token (GRPO's beta; 0 = none, as AReaL). Costs one more forward pass per step.")
+    negative_scale: float = doc(1.0, "Weight of negative advantages, in [0, 1]: 1 = GRPO (episodes worse than their group's mean are pushed down as much as better ones are pushed up); 0 = only the better episodes of a group are reinforced, as in rejection-sampling fine-tuning.")
+    update_epochs: int = doc(1, "Passes over each learner step's batch (PPO epochs); each pass makes `minibatches` updates, all clipped against the policy at the start of the step.")
     loss_agg: Literal["token-mean", "trajectory-mean"] = doc("trajectory-mean", "How the loss averages tokens: 'token-mean' weighs every token alike (long failed episodes outweigh short wins); 'trajectory-mean' gives every trajectory the same weight.")
 
     def __post_init__(self) -> None:
         positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
-                  "minibatches", "micro_batch", "checkpoint_interval")
+                  "minibatches", "micro_batch", "checkpoint_interval", "update_epochs")
         non_negative(self, "max_restarts", "max_staleness", "num_gpus", "num_cpus", "kl_coef")
+        check(0.0 <= self.negative_scale <= 1.0, "negative_scale", f"must be in [0, 1], got {self.negative_scale}")
         check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
         check(bool(self.target_modules), "target_modules", "must name at least one module")
         check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",

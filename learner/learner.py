@@ -35,7 +35,7 @@ from typing import Any
 from common.timer import Timer
 from learner.buffer import TrainTrajectory, TrajectoryBuffer
 from learner.config import LearnerConfig
-from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, staleness_filter,
+from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, scale_negative, staleness_filter,
                             staleness_histogram, trajectory_scale)
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class Learner:
 
         cfg = self.cfg
         adv = group_advantages([t.reward for t in trajs], [group_key(t, self.group_size) for t in trajs])
+        adv = scale_negative(adv, cfg.negative_scale)
         seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
         per_traj = trajectory_scale([sum(len(turn.output_ids) for turn in t.turns) for t in trajs], cfg.loss_agg)
         # minibatch mb holds the turns of trajectories ti with ti % minibatches == mb, in micro-batch chunks
@@ -218,8 +219,8 @@ class Learner:
         return _Prepared(adv, seqs, per_traj, chunks, prox, ref)
 
     def _update(self, prep: _Prepared) -> tuple[Counter, list[float]]:
-        """Decoupled PPO: one AdamW update per minibatch (gradients accumulated over its chunks), gradient clipping;
-        returns the summed loss terms and the gradient norm of each update."""
+        """Decoupled PPO: ``update_epochs`` passes, each one AdamW update per minibatch (gradients accumulated over
+        its chunks), gradient clipping; returns the summed loss terms and the gradient norm of each update."""
         import torch
 
         cfg = self.cfg
@@ -227,7 +228,8 @@ class Learner:
         self.model.train()
         sums: Counter = Counter()
         grad_norms = []
-        for mb in range(cfg.minibatches):
+        updates = [mb for _ in range(cfg.update_epochs) for mb in range(cfg.minibatches)]
+        for mb in updates:
             mine = [c for c, (m, _) in enumerate(chunks) if m == mb]
             n_tokens = sum(len(seqs[s][1].output_ids) for c in mine for s in chunks[c][1])
             if n_tokens == 0:
@@ -245,7 +247,7 @@ class Learner:
                     loss = loss + cfg.kl_coef * kl_ref / n_tokens
                     sums["kl_ref_sum"] += float(kl_ref.detach())
                 loss.backward()
-                sums["loss"] += float(loss.detach()) / cfg.minibatches
+                sums["loss"] += float(loss.detach()) / len(updates)
                 for k, v in m.items():
                     sums[k] += float(v)
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)))
@@ -287,7 +289,7 @@ class Learner:
         tokens = max(sums["tokens"], 1.0)
         return {
             "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": dropped,
-            "sequences": len(prep.seqs), "tokens": int(sums["tokens"]), "loss": sums["loss"],
+            "sequences": len(prep.seqs), "tokens": int(sums["tokens"]) // self.cfg.update_epochs, "loss": sums["loss"],
             "kl_behav": sums["kl_sum"] / tokens, "kl_ref": sums["kl_ref_sum"] / tokens,
             "clip_frac": sums["clipped"] / tokens, "behav_weight": sums["weight_sum"] / tokens,
             "grad_norm": max(grad_norms or [0.0]), "advantage_abs": float(prep.adv.abs().mean()),

@@ -9,6 +9,8 @@ Owns nothing stateful; every function is unit-tested with hand-computed cases (t
   version that sampled it), pi_prox the policy at the start of this learner step (no grad) and pi_theta the
   policy being trained: r = pi_theta / pi_prox, w = pi_prox / pi_behav (detached, optionally capped),
   loss = - sum_t w_t * min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t) / number of tokens.
+- ``scale_negative``: the weight of below-average episodes (``learner.negative_scale``; 1 = GRPO, 0 = learn only
+  from the better episodes of each group, as rejection-sampling fine-tuning does).
 - ``kl_to_reference``: GRPO's penalty keeping the policy near the base model (``learner.kl_coef``).
 - ``trajectory_scale``: how the loss aggregates tokens: every token alike, or every trajectory alike.
 - ``staleness_filter``: keep a trajectory only if current_version - its version <= eta.
@@ -35,6 +37,14 @@ def group_advantages(rewards: Sequence[float] | torch.Tensor, groups: Sequence[s
         x = r[idx]
         adv[idx] = (x - x.mean()) / (x.std(unbiased=False) + eps)
     return adv.to(torch.float32)
+
+
+def scale_negative(advantages: torch.Tensor, scale: float) -> torch.Tensor:
+    """Negative advantages times ``scale`` (positive ones unchanged): 1 keeps GRPO's symmetric signal, 0 drops
+    the push-down on what the worse episodes of a group did."""
+    if not 0.0 <= scale <= 1.0:
+        raise ValueError(f"negative advantage scale must be in [0, 1], got {scale}")
+    return torch.where(advantages < 0, advantages * scale, advantages)
 
 
 def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor,

@@ -113,7 +113,7 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
 
     started = time.monotonic()
     cfg = LearnerConfig(enabled=True, batch_size=4, publish_interval=1, max_staleness=8, lr=1e-3, micro_batch=8,
-                        minibatches=2, num_cpus=1)
+                        minibatches=2, update_epochs=2, num_cpus=1)
     model = llm_pool_model(llm_pool)
     out = tmp_path / "learner"
     # the session's engine outlives this learner and other tests publish low versions on it: start at V0 = 100

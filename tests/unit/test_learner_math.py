@@ -39,6 +39,24 @@ def _t(*xs: float) -> torch.Tensor:
     return torch.tensor(xs, dtype=torch.float32)
 
 
+def test_negative_scale_weighs_only_the_worse_episodes() -> None:
+    """A group of a win and two losses: A = (+1.414, -0.707, -0.707); scale 0.5 halves the negatives only, 0 keeps
+    only the win's push-up (rejection-sampling fine-tuning), 1 is GRPO unchanged."""
+    from learner.config import LearnerConfig
+    from learner.losses import scale_negative
+
+    adv = group_advantages([1.0, -1.0, -1.0], ["t", "t", "t"])
+    assert scale_negative(adv, 1.0).tolist() == pytest.approx(adv.tolist())
+    assert scale_negative(adv, 0.5).tolist() == pytest.approx([math.sqrt(2), -math.sqrt(0.5) / 2, -math.sqrt(0.5) / 2], abs=1e-5)
+    assert scale_negative(adv, 0.0).tolist() == pytest.approx([math.sqrt(2), 0.0, 0.0], abs=1e-5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        scale_negative(adv, 1.5)
+    for bad, field in ({"negative_scale": -0.1}, "negative_scale"), ({"update_epochs": 0}, "update_epochs"):
+        with pytest.raises(ValueError) as err:
+            LearnerConfig(**bad)
+        assert err.value.name == field
+
+
 def test_ratio_clipping_takes_the_pessimistic_side() -> None:
     # r = pi_theta / pi_prox; behaviour = proximal, so every weight is 1
     for r, a, expect_loss, expect_grad in [

@@ -25,6 +25,7 @@ class LearnerConfig:
     max_staleness: int = doc(4, "η: a trajectory is trained on only if current version - its version <= η.")
     publish_interval: int = doc(1, "Learner steps between adapter publications.")
     clip_eps: float = doc(0.2, "PPO ratio clip ε.")
+    clip_eps_high: float | None = doc(None, "Upper ratio clip (DAPO's clip-higher): the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high], so a token the policy rarely takes can gain more in one step; null = clip_eps.")
     grad_clip: float = doc(1.0, "Gradient norm clip.")
     num_gpus: float = doc(0.0, "GPUs for the learner actor.")
     resources: dict[str, float] = doc({}, "Ray custom resources each learner actor requires, e.g. {learner: 1} to place it on the `learner` worker group (k8s/).")
@@ -48,5 +49,7 @@ class LearnerConfig:
         check(bool(self.target_modules), "target_modules", "must name at least one module")
         check(not any(m in ("embed_tokens", "lm_head") for m in self.target_modules), "target_modules",
                "embed_tokens / lm_head cannot take LoRA here (tied embeddings; vLLM serves projection LoRA only)")
+        if self.clip_eps_high is not None:
+            check(self.clip_eps_high > 0, "clip_eps_high", f"must be > 0, got {self.clip_eps_high}")
         if self.behav_weight_cap is not None:
             check(self.behav_weight_cap > 0, "behav_weight_cap", f"must be > 0, got {self.behav_weight_cap}")

@@ -241,7 +241,8 @@ class Learner:
                 a = prep.adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
                 scale = torch.tensor([prep.per_traj[seqs[s][0]] for s in rows], device=self.device)[:, None].expand_as(logp)
                 loss, m = decoupled_ppo_loss(logp, prep.prox[c], behav, a, mask, cfg.clip_eps,
-                                             cfg.behav_weight_cap, num_tokens=n_tokens, token_scale=scale)
+                                             cfg.behav_weight_cap, num_tokens=n_tokens, token_scale=scale,
+                                             clip_eps_high=cfg.clip_eps_high)
                 if prep.ref is not None:  # GRPO's penalty: k3 estimate of KL(pi_theta || pi_ref) per token
                     kl_ref = kl_to_reference(logp, prep.ref[c], mask * scale)
                     loss = loss + cfg.kl_coef * kl_ref / n_tokens

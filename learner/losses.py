@@ -8,7 +8,8 @@ Owns nothing stateful; every function is unit-tested with hand-computed cases (t
 - ``decoupled_ppo_loss``: AReaL's objective. Per output token, with pi_behav the engine's logprob (the policy
   version that sampled it), pi_prox the policy at the start of this learner step (no grad) and pi_theta the
   policy being trained: r = pi_theta / pi_prox, w = pi_prox / pi_behav (detached, optionally capped),
-  loss = - sum_t w_t * min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t) / number of tokens.
+  loss = - sum_t w_t * min(r_t A_t, clip(r_t, 1-eps, 1+eps_high) A_t) / number of tokens (eps_high = eps unless
+  DAPO's clip-higher is set).
 - ``scale_negative``: the weight of below-average episodes (``learner.negative_scale``; 1 = GRPO, 0 = learn only
   from the better episodes of each group, as rejection-sampling fine-tuning does).
 - ``kl_to_reference``: GRPO's penalty keeping the policy near the base model (``learner.kl_coef``).
@@ -50,7 +51,7 @@ def scale_negative(advantages: torch.Tensor, scale: float) -> torch.Tensor:
 def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor,
                        advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float,
                        behav_weight_cap: float | None = None, num_tokens: float | None = None,
-                       token_scale: torch.Tensor | None = None,
+                       token_scale: torch.Tensor | None = None, clip_eps_high: float | None = None,
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The decoupled PPO loss over the tokens where ``mask`` is 1 (all tensors the same shape).
 
@@ -58,8 +59,10 @@ def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: 
     is split into micro-batches so that their losses add up to the batch's mean. ``token_scale`` (same shape)
     multiplies each token's term: ``trajectory_scale`` gives every trajectory the same total weight. Metrics are
     sums over this call's tokens (``tokens``, ``kl_sum``, ``clipped``, ``weight_sum``), to be added up by the
-    caller.
+    caller. ``clip_eps_high`` (DAPO's clip-higher) replaces ``clip_eps`` on the upper side: the ratio is clipped to
+    [1 - clip_eps, 1 + clip_eps_high].
     """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     mask = mask.to(logp.dtype)
     n = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logp.dtype)
     scale = mask if token_scale is None else mask * token_scale.to(logp.dtype)
@@ -68,12 +71,12 @@ def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: 
     weight = torch.exp(logp_prox - logp_behav)
     if behav_weight_cap is not None:
         weight = weight.clamp(max=behav_weight_cap)
-    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + high) * advantages)
     loss = -(weight * surrogate * scale).sum() / n.clamp(min=1)
     with torch.no_grad():
         d = logp - logp_behav  # log(pi_theta / pi_behav); k3 estimator of KL(behav || theta) = e^d - 1 - d
         kl = (torch.exp(d) - 1 - d) * mask
-        clipped = ((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask
+        clipped = ((ratio < 1 - clip_eps) | (ratio > 1 + high)).to(logp.dtype) * mask
         metrics = {"tokens": mask.sum(), "kl_sum": kl.sum(), "clipped": clipped.sum(), "weight_sum": (weight * mask).sum()}
     return loss, metrics
 

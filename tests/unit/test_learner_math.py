@@ -74,6 +74,18 @@ def test_ratio_clipping_takes_the_pessimistic_side() -> None:
         assert float(m["clipped"]) == (1.0 if abs(r - 1) > 0.2 else 0.0)
 
 
+def test_clip_higher_widens_only_the_upper_side() -> None:
+    """DAPO's clip-higher, eps 0.2 below and 1.0 above: r = 1.5 with A > 0 is inside [0.8, 2.0] (gradient flows),
+    r = 2.5 is clipped at 2.0; the lower side is unchanged (r = 0.5 with A < 0 clipped at 0.8)."""
+    for r, a, expect_loss, expect_grad in [(1.5, 1.0, -1.5, -1.5), (2.5, 1.0, -2.0, 0.0), (0.5, -1.0, 0.8, 0.0)]:
+        logp = torch.tensor([math.log(r)], requires_grad=True)
+        loss, m = decoupled_ppo_loss(logp, _t(0.0), _t(0.0), _t(a), _t(1.0), clip_eps=0.2, clip_eps_high=1.0)
+        loss.backward()
+        assert float(loss.detach()) == pytest.approx(expect_loss, rel=1e-5), (r, a)
+        assert float(logp.grad) == pytest.approx(expect_grad, abs=1e-5), (r, a)
+        assert float(m["clipped"]) == (expect_grad == 0.0)
+
+
 def test_decoupled_weight_is_prox_over_behaviour_and_can_be_capped() -> None:
     prox, behav = math.log(0.5), math.log(0.25)  # w = 0.5 / 0.25 = 2
     logp = torch.tensor([prox], requires_grad=True)  # r = 1

@@ -5,9 +5,11 @@ so a memory id maps back to its task and outcome) and prints, per memory mode (e
 - what the shown experience was: the task's own success / failure, another task's success / failure, or
   nothing — with the success rate of the episodes that got it;
 - once a task has a success memory from an earlier epoch, how often that success was the one retrieved, by the
-  number of the task's own failures competing with it (they share its intent exactly, so similarity ties).
+  number of the task's own failures competing with it (they share its intent exactly, so similarity ties);
+- for every mode (``none`` included, as the baseline): episodes of tasks already solved in an earlier epoch
+  against tasks never solved before, and how many of each were won: where memory can help and where it cannot.
 
-    python -m benchmarks.retrieval_trace runs/bench/learning-20261123-113822 [--modes rag,memrl]
+    python -m benchmarks.retrieval_trace runs/bench/learning-20261123-113822 [--modes none,rag,memrl]
 """
 
 from __future__ import annotations
@@ -46,18 +48,44 @@ def trace(episodes: list[dict]) -> dict:
                                       for n in sorted(had)}}
 
 
+def solved_before(episodes: list[dict]) -> dict[str, dict[str, int]]:
+    """Episodes of epochs 2+ split by whether their task (same seed) was won in an earlier epoch, with wins."""
+    won_in: dict[tuple[int, str], set[int]] = {}
+    for e in episodes:
+        if e["won"]:
+            won_in.setdefault((e["seed"], e["task_id"]), set()).add(e["epoch"])
+    out = {"solved_before": {"episodes": 0, "won": 0}, "never_solved_before": {"episodes": 0, "won": 0}}
+    for e in episodes:
+        if e["epoch"] == 0:
+            continue
+        key = "solved_before" if any(x < e["epoch"] for x in won_in.get((e["seed"], e["task_id"]), ())) \
+            else "never_solved_before"
+        out[key]["episodes"] += 1
+        out[key]["won"] += int(e["won"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.retrieval_trace", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--modes", default="rag,memrl,memory+lora")
+    p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
     args = p.parse_args(argv)
     out = {}
     for mode in args.modes.split(","):
         path = args.run_dir / mode / "episodes.jsonl"
         if not path.is_file():
             continue
-        out[mode] = t = trace([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
-        print(f"\n{mode}: experience shown (epochs 2+) -> episodes, success")
+        episodes = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        split = solved_before(episodes)
+        print(f"\n{mode}: epochs 2+ -> won / episodes")
+        for k, v in split.items():
+            rate = f"{v['won'] / v['episodes']:.0%}" if v["episodes"] else "-"
+            print(f"  task {k.replace('_', ' '):20s} {v['won']:4d} / {v['episodes']:4d}  {rate}")
+        if not any(e["retrieved_ids"] for e in episodes):  # a mode without memory: only the split above
+            out[mode] = {"epochs_2plus": split}
+            continue
+        out[mode] = t = trace(episodes) | {"epochs_2plus": split}
+        print(f"{mode}: experience shown (epochs 2+) -> episodes, success")
         for k, v in t["shown"].items():
             print(f"  {k:16s} {v['episodes']:4d}  {v['success']:.0%}")
         print(f"{mode}: tasks that already had a success memory -> own success retrieved / episodes (won)")

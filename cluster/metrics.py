@@ -128,7 +128,7 @@ class Recorder:
         total = self.epochs * self.per_epoch
         done = len(self.results[(traj.seed, traj.epoch)])
         line = (f"[seed {traj.seed} epoch {traj.epoch + 1}/{self.epochs}] {done}/{self.per_epoch} episodes  "
-                f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} episodes, {total} per seed)")
+                f"success {self._won / self._n:.0%}  {rate:.2f} episodes/s  ({self._n} done in this run, {total} per seed)")
         if self._tty:  # a live line on a terminal; a log file gets a plain line every PROGRESS_EVERY_S instead
             self.progress.write(f"\r{line}   ")
         elif time.monotonic() - self._last_line >= PROGRESS_EVERY_S:

@@ -228,10 +228,11 @@ class Learner:
         self.model.train()
         sums: Counter = Counter()
         grad_norms = []
-        updates = [mb for _ in range(cfg.update_epochs) for mb in range(cfg.minibatches)]
-        for mb in updates:
-            mine = [c for c, (m, _) in enumerate(chunks) if m == mb]
-            n_tokens = sum(len(seqs[s][1].output_ids) for c in mine for s in chunks[c][1])
+        # each minibatch's chunks and token count, once; every pass reuses them
+        parts = [[c for c, (m, _) in enumerate(chunks) if m == mb] for mb in range(cfg.minibatches)]
+        parts = [(mine, sum(len(seqs[s][1].output_ids) for c in mine for s in chunks[c][1])) for mine in parts]
+        updates = [part for _ in range(cfg.update_epochs) for part in parts]
+        for mine, n_tokens in updates:
             if n_tokens == 0:
                 continue
             self.optimizer.zero_grad(set_to_none=True)

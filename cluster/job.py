@@ -1,8 +1,8 @@
 """A training job on running services: model, inference pool, memory shards, rollout actors, scheduler, summary.
 
 Owns: the job's main loop, started through ``cluster.wiring`` — one vLLM pool for the whole job; per seed a fresh
-memory namespace (``<memory.namespace>-s<seed>``) with its shard actors, rollout actors, the learner when the mode
-trains weights (with the scheduler's admission control), and the scheduler; the held-out transfer
+memory namespace (``<memory.namespace>-s<seed>``) with its shard actors, the rollout actors (started once and
+re-attached to each seed's memory: ``RolloutActors``), the learner when the mode trains weights (with the scheduler's admission control), and the scheduler; the held-out transfer
 check (``env.heldout_seeds``: one epoch on unseen games with the memory frozen, in ``<run>/heldout``); the mode
 comparison (``run.modes``: none / rag / memrl / lora / memory+lora, one sub-folder each, then the table and plot
 of ``cluster.report``; what a mode switches on is ``cluster.config.MODES``) — and writing ``summary.json``. With
@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,30 @@ from cluster.config import MODES, Config
 from cluster.metrics import Recorder
 from cluster.scheduler import Admission, Scheduler
 from cluster.supervisor import LearnerSupervisor
-from cluster.wiring import start_learner, start_pool, start_rollout_workers, start_shards, trajectory_stream
+from cluster.wiring import (attach_rollout_workers, start_learner, start_pool, start_rollout_workers, start_shards,
+                            trajectory_stream)
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RolloutActors:
+    """The job's rollout actors, kept across its seeds and modes: each seed re-attaches them to its memory and
+    learner stream (``cluster.wiring.attach_rollout_workers``) instead of starting new ones, which would load a
+    tokenizer and an embedder again (about 12 s per actor on 2 cores)."""
+
+    actors: list[Any] = dataclasses.field(default_factory=list)
+    next_id: int = 0  # the id the next new actor gets (ids stay unique over the job)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors = []
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
@@ -36,8 +58,9 @@ def seed_config(cfg: Config, seed: int) -> Config:
                                llm=dataclasses.replace(cfg.llm, seed=cfg.llm.seed + seed))
 
 
-def start_inference(cfg: Config) -> tuple[str, Any]:
-    """Resolve (building if needed) the model, start the pool; returns (model path, pool or None for openai)."""
+def start_inference(cfg: Config, rollouts: RolloutActors | None = None, redis_url: str | None = None) -> tuple[str, Any]:
+    """Resolve (building if needed) the model, start the pool; returns (model path, pool or None for openai).
+    With ``rollouts``, the job's rollout actors start while the engines do (attached to no memory yet)."""
     from actors.model_builder import resolve_model
 
     cache = Path(cfg.run.cache_dir)
@@ -45,7 +68,17 @@ def start_inference(cfg: Config) -> tuple[str, Any]:
     if cfg.llm.backend != "vllm":
         return model_path, None
     log.info("starting %d vLLM engine(s) for %s", cfg.llm.engines, model_path)
-    return model_path, start_pool(cfg.llm, model_path)
+
+    def prestart(handles: list[Any]) -> None:
+        if rollouts is None:
+            return
+        uses_memory = [m for m in cfg.run.modes if MODES[m].memory]
+        first = mode_config(cfg, uses_memory[0]) if uses_memory else cfg  # memory on: the embedder loads now
+        first = dataclasses.replace(first, learner=dataclasses.replace(first.learner, enabled=False))
+        rollouts.actors = start_rollout_workers(first, model_path, handles, None, redis_url, first_id=rollouts.next_id)
+        rollouts.next_id += len(rollouts.actors)
+
+    return model_path, start_pool(cfg.llm, model_path, meanwhile=prestart)
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
@@ -75,10 +108,22 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
              f", {len(heldout)} held-out" if heldout else "")
     if any(MODES[m].lora for m in cfg.run.modes):  # one pool serves every mode: it must take adapters
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, enable_lora=True))
-    model_path, pool = start_inference(cfg)
+    from actors.envs import prepare
+
+    rollouts = RolloutActors()
+    prep = ThreadPoolExecutor(1, thread_name_prefix="prepare")  # games are generated while the engines start
+    games = prep.submit(prepare, cfg.env, tasks + heldout, cfg.run.cache_dir)
+    prep.shutdown(wait=False)
     try:
+        model_path, pool = start_inference(cfg, rollouts, redis_url)
+    except BaseException:
+        rollouts.shutdown()
+        raise
+    try:
+        games.result()
         if not cfg.run.modes:
-            summary = _run_one(cfg, run_dir, run_dir.name, redis_url, tasks, heldout, model_path, pool, max_episodes)
+            summary = _run_one(cfg, run_dir, run_dir.name, redis_url, tasks, heldout, model_path, pool, max_episodes,
+                               rollouts)
         else:
             from cluster.report import write_report
 
@@ -88,12 +133,13 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
                 sub = run_dir / mode
                 sub.mkdir(exist_ok=True)
                 summary["modes"][mode] = _run_one(mode_config(cfg, mode), sub, f"{run_dir.name}/{mode}", redis_url,
-                                                  tasks, heldout, model_path, pool, max_episodes)
+                                                  tasks, heldout, model_path, pool, max_episodes, rollouts)
             report = write_report({m: run_dir / m for m in cfg.run.modes}, run_dir)
             summary.update(table=report["table"], plot=report["plot"],
                            last={m: s["last"] for m, s in summary["modes"].items()},
                            csr={m: s["csr"] for m, s in summary["modes"].items()})
     finally:
+        rollouts.shutdown()
         if pool is not None:
             _run(pool.shutdown())
     summary["model"] = model_path
@@ -102,8 +148,16 @@ def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int
 
 
 def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tasks: list[Any], heldout: list[Any],
-             model_path: str, pool: Any, max_episodes: int | None) -> dict[str, Any]:
-    """One run (every seed, every epoch, then the held-out check) into ``run_dir``; returns its summary."""
+             model_path: str, pool: Any, max_episodes: int | None,
+             rollouts: RolloutActors | None = None) -> dict[str, Any]:
+    """One run (every seed, every epoch, then the held-out check) into ``run_dir``; returns its summary. The
+    rollout actors come from (and go back to) ``rollouts``; without it they are stopped at the end."""
+    if rollouts is None:
+        own = RolloutActors()
+        try:
+            return _run_one(cfg, run_dir, run_id, redis_url, tasks, heldout, model_path, pool, max_episodes, own)
+        finally:
+            own.shutdown()
     import ray
 
     engines = pool.handles if pool is not None else None
@@ -126,7 +180,10 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
             admission = None
             if learner is not None:
                 admission = Admission(learner.version, scfg.learner.max_staleness, scfg.learner.batch_size)
-            sched = Scheduler(scfg, tasks, spawn, run_id=run_id)
+            kept = attach_rollout_workers(rollouts.actors, scfg, shards, redis_url) if rollouts.actors else []
+            rollouts.actors = []
+            sched = Scheduler(scfg, tasks, spawn, run_id=run_id, workers=kept, first_id=rollouts.next_id)
+            idle = False  # True once the seed ended with nothing in flight: its actors can serve the next one
             try:
                 sched.run_seed(seed, recorder, admission=admission, done=recorder.finished(seed),
                                max_episodes=max_episodes)
@@ -136,9 +193,14 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
                     learner = None
                 if held_rec is not None and max_episodes is None:  # transfer: unseen games, memory frozen
                     sched.run_seed(seed, held_rec, learn=False, done=held_rec.finished(seed), epochs=1, tasks=heldout)
+                idle = max_episodes is None  # a max_episodes stop leaves episodes running
             finally:
                 replaced += sched.replaced
-                sched.shutdown()
+                rollouts.next_id = sched.next_worker_id
+                if idle:
+                    rollouts.actors = list(sched.workers)
+                else:
+                    sched.shutdown()
                 if learner is not None:
                     ray.kill(learner.handle, no_restart=True)
                 if scfg.learner.enabled and pool is not None:

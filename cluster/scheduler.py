@@ -69,12 +69,17 @@ def _next_free(queue: deque[EpisodeSpec], busy: dict[str, int]) -> EpisodeSpec |
 
 
 class Scheduler:
-    """Runs episodes on a set of rollout actors; ``spawn_worker(i)`` makes actor number i (used for replacements)."""
+    """Runs episodes on a set of rollout actors; ``spawn_worker(i)`` makes actor number i (for replacements, and
+    up to ``rollout.actors`` when ``workers``, actors kept from the job's previous seed, are fewer)."""
 
-    def __init__(self, cfg: Config, tasks: list[Any], spawn_worker: Callable[[int], Any], run_id: str = "") -> None:
+    def __init__(self, cfg: Config, tasks: list[Any], spawn_worker: Callable[[int], Any], run_id: str = "",
+                 workers: list[Any] | None = None, first_id: int = 0) -> None:
         self.cfg, self.tasks, self.spawn, self.run_id = cfg, tasks, spawn_worker, run_id
-        self.workers = [spawn_worker(i) for i in range(cfg.rollout.actors)]
-        self.next_worker_id = len(self.workers)
+        self.workers = list(workers or [])[:cfg.rollout.actors]
+        self.next_worker_id = first_id
+        while len(self.workers) < cfg.rollout.actors:
+            self.workers.append(spawn_worker(self.next_worker_id))
+            self.next_worker_id += 1
         self.replaced = 0
         self.timer = Timer("dispatch", "wait", "record")
 

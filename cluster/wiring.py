@@ -1,7 +1,8 @@
 """The one place where plain component classes become Ray actors: placement, concurrency, restarts.
 
 Owns: ``start_pool`` (vLLM engine actors behind an ``LLMPool``), ``start_shards`` (memory shard actors),
-``start_rollout_workers`` (async rollout actors, each given only its own config sections) and ``start_learner``
+``start_rollout_workers`` (async rollout actors, each given only its own config sections), ``attach_rollout_workers``
+(the same actors re-pointed at the next seed's memory) and ``start_learner``
 (the threaded LoRA learner actor), plus the name of the trajectory stream a run's rollouts feed and its learner
 reads. Components never import Ray to make themselves remote, and never see the whole config tree. Library
 cache locations reach the actors through the job's environment: a local Ray inherits the driver's (set by
@@ -11,10 +12,13 @@ environment (``cluster.services.LocalServices``).
     pool = start_pool(cfg.llm, model_path)
     shards = start_shards(cfg.memory, redis_url)
     workers = start_rollout_workers(cfg, model_path, pool.handles, shards, redis_url)
+    workers = attach_rollout_workers(workers, next_seed_cfg, next_shards, redis_url)
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from learner.config import LearnerConfig
 from memory_server.client import index_params
 from memory_server.config import MemoryConfig
 
+log = logging.getLogger(__name__)
 SHARD_CPUS = 0.5  # CPUs one memory shard actor reserves (it scans vectors and applies reward events)
 SHARD_TASK_RETRIES = 3  # a call in flight when a shard died runs again on the restarted shard: every shard method
                         # is idempotent (reads; add keyed by the memory id; forget of ids)
@@ -36,15 +41,21 @@ def trajectory_stream(cfg: Config) -> str:
     return cfg.memory.namespace
 
 
-def start_pool(cfg: LLMConfig, model_path: str, timeout_s: float = 600.0) -> LLMPool:
-    """Start ``cfg.engines`` engine actors and wait until each has served one request (needs Ray running)."""
+def start_pool(cfg: LLMConfig, model_path: str, timeout_s: float = 600.0,
+               meanwhile: Callable[[list[Any]], None] | None = None) -> LLMPool:
+    """Start ``cfg.engines`` engine actors and wait until each has served one request (needs Ray running).
+    ``meanwhile(handles)`` runs while they start (an engine start is mostly one process importing after another:
+    the job starts its rollout actors there)."""
     import ray
 
     actor = ray.remote(LLMEngine).options(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
                                           resources=dict(cfg.resources), max_concurrency=MAX_CONCURRENCY)
     handles = [actor.remote(cfg, model_path, i) for i in range(cfg.engines)]
     try:
-        ray.get([h.generate.remote("warm up", 1) for h in handles], timeout=timeout_s)  # first request costs ~1 s
+        warm = [h.generate.remote("warm up", 1) for h in handles]  # first request costs ~1 s
+        if meanwhile is not None:
+            meanwhile(handles)
+        ray.get(warm, timeout=timeout_s)
     except BaseException:  # do not leave half a pool running
         for h in handles:
             ray.kill(h)
@@ -88,6 +99,26 @@ def start_rollout_workers(cfg: Config, model_path: str, engines: list[Any] | Non
             .remote(cfg.llm, cfg.env, cfg.agent, cfg.memory, model_path, engines, shards, redis_url, i,
                     trajectory_stream=stream, cache_dir=cfg.run.cache_dir)
             for i in range(first_id, first_id + n)]
+
+
+def attach_rollout_workers(workers: list[Any], cfg: Config, shards: list[Any] | None, redis_url: str | None,
+                           timeout_s: float = 120.0) -> list[Any]:
+    """Re-point live rollout actors at the memory and learner stream of ``cfg`` (the next seed or mode of a job);
+    returns those that answered, in order. An actor that died or does not answer in time is killed and left out
+    (the scheduler starts new ones in its place)."""
+    import ray
+
+    stream = trajectory_stream(cfg) if cfg.learner.enabled else None
+    refs = [w.attach.remote(cfg.memory, shards, redis_url, stream) for w in workers]
+    kept = []
+    for w, ref in zip(workers, refs):
+        try:
+            ray.get(ref, timeout=timeout_s)
+            kept.append(w)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+            log.warning("rollout actor not re-attached (%s); a new one takes its place", type(e).__name__)
+            ray.kill(w, no_restart=True)
+    return kept
 
 
 def start_learner(cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: str | Path, namespace: str,

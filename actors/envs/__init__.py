@@ -5,6 +5,6 @@ this package.
 """
 
 from actors.envs.base import AsyncEnv, Observation, StepResult, TaskSpec, TextEnv
-from actors.envs.factory import make_env, task_set
+from actors.envs.factory import make_env, prepare, task_set
 
-__all__ = ["AsyncEnv", "Observation", "StepResult", "TaskSpec", "TextEnv", "make_env", "task_set"]
+__all__ = ["AsyncEnv", "Observation", "StepResult", "TaskSpec", "TextEnv", "make_env", "prepare", "task_set"]

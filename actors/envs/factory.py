@@ -6,6 +6,7 @@ imported only when their family is asked for.
 
     env = make_env(cfg.env, cache_dir)            # a TextEnv
     tasks = task_set(cfg.env, cache_dir)          # the config's TaskSpecs
+    prepare(cfg.env, tasks, cache_dir)            # files the episodes load, made before they start
 """
 
 from __future__ import annotations
@@ -68,3 +69,14 @@ def task_set(cfg: EnvConfig, cache_dir: str | Path = ".cache", heldout: bool = F
 
         return math_tasks(cfg)
     raise ValueError(f"env.name: unknown environment {cfg.name!r}; expected one of {FAMILIES}")
+
+
+def prepare(cfg: EnvConfig, tasks: list[TaskSpec], cache_dir: str | Path = ".cache") -> None:
+    """Make what the tasks' episodes load before any starts: TextWorld generates each missing game (otherwise the
+    first episode of a game generates it, holding up the episodes behind it). The other families' files are
+    ready once ``task_set`` returns."""
+    if cfg.name == "textworld":
+        from actors.envs.textworld_env import generate_game
+
+        for task in tasks:
+            generate_game(task, cache_dir)

@@ -4,6 +4,8 @@
   memory's visit count equals the number of recorded episodes that injected it (no reward lost or doubled).
 - An ALFWorld episode plays on the shared game files through a rollout actor.
 - A retried episode gets the retrieval it was first given (so its reward reaches the memories it injected).
+- A job's rollout actor serves its next seeds and modes re-attached, not restarted: each seed's memories land in
+  its own namespace, and a memory-less mode neither retrieves nor writes.
 """
 
 from __future__ import annotations
@@ -101,6 +103,40 @@ def test_killed_rollout_actor_is_replaced_and_nothing_is_lost_or_doubled(llm_poo
     assert visits == injected
     for h in shards:
         ray.kill(h, no_restart=True)
+
+
+def test_rollout_actor_is_reattached_across_seeds_and_modes(llm_pool, redis_url: str, tmp_path: Path) -> None:
+    import ray
+    import redis
+
+    from cluster.job import RolloutActors, _run_one, mode_config
+    from memory_server.store import MemoryStore
+
+    base = _config(memory=MemoryConfig(namespace="reattach", delta=0.0),
+                   env=EnvConfig(num_tasks=2, max_steps=3, task_seed=2100),
+                   rollout=RolloutConfig(actors=1, concurrency=2, max_in_flight=2, epochs=2, seeds=[0, 1]))
+    tasks = task_set(base.env, CACHE)
+    rollouts = RolloutActors()
+    pids = []
+    try:
+        for mode in ("memrl", "none"):
+            _run_one(mode_config(base, mode), tmp_path / mode, f"reattach/{mode}", redis_url, tasks, [], _model(),
+                     llm_pool, None, rollouts)
+            assert len(rollouts.actors) == 1
+            pids.append(ray.get(rollouts.actors[0].pid.remote()))
+    finally:
+        rollouts.shutdown()
+    assert pids[0] == pids[1]  # one actor process served both modes and all their seeds
+    episodes = {m: _episodes(tmp_path / m) for m in ("memrl", "none")}
+    assert all(e["error"] is None for es in episodes.values() for e in es)
+    assert len(episodes["memrl"]) == len(episodes["none"]) == 2 * 2 * len(tasks)
+    client = redis.Redis.from_url(redis_url)
+    for seed in (0, 1):  # each seed wrote into its own namespace, and only there
+        store = MemoryStore(client, f"reattach-memrl-s{seed}", 1)
+        written = sorted(e["written_memory_id"] for e in episodes["memrl"] if e["seed"] == seed)
+        assert sorted(store.shard_ids(0)) == written
+    assert all(e["retrieved_ids"] == [] and e["written_memory_id"] is None for e in episodes["none"])
+    assert any(e["retrieved_ids"] for e in episodes["memrl"] if e["seed"] == 1 and e["epoch"] == 1)
 
 
 def _model() -> str:

@@ -38,12 +38,13 @@ class LearnerConfig:
     kl_coef: float = doc(0.0, "Weight of a KL(pi_theta || base model) penalty per token (GRPO's beta; 0 = none, as AReaL). Costs one more forward pass per step.")
     negative_scale: float = doc(1.0, "Weight of negative advantages, in [0, 1]: 1 = GRPO (episodes worse than their group's mean are pushed down as much as better ones are pushed up); 0 = only the better episodes of a group are reinforced, as in rejection-sampling fine-tuning.")
     update_epochs: int = doc(1, "Passes over each learner step's batch (PPO epochs); each pass makes `minibatches` updates, all clipped against the policy at the start of the step.")
+    replay: int = doc(0, "Self-imitation (Oh et al., 2018): each step also trains on up to this many past trajectories (kept in the learner's memory, the latest 512) that beat their task's mean reward so far, with advantage reward - that mean; no importance weight to their old behaviour policy. 0 = GRPO on fresh trajectories only. A deviation from AReaL (README, \"Learning\").")
     loss_agg: Literal["token-mean", "trajectory-mean"] = doc("trajectory-mean", "How the loss averages tokens: 'token-mean' weighs every token alike (long failed episodes outweigh short wins); 'trajectory-mean' gives every trajectory the same weight.")
 
     def __post_init__(self) -> None:
         positive(self, "lora_rank", "lora_alpha", "lr", "batch_size", "publish_interval", "clip_eps", "grad_clip",
                   "minibatches", "micro_batch", "checkpoint_interval", "update_epochs")
-        non_negative(self, "max_restarts", "max_staleness", "num_gpus", "num_cpus", "kl_coef")
+        non_negative(self, "max_restarts", "max_staleness", "num_gpus", "num_cpus", "kl_coef", "replay")
         check(0.0 <= self.negative_scale <= 1.0, "negative_scale", f"must be in [0, 1], got {self.negative_scale}")
         check(self.minibatches <= self.batch_size, "minibatches", f"must be <= batch_size ({self.batch_size}), got {self.minibatches}")
         check(bool(self.target_modules), "target_modules", "must name at least one module")

@@ -1,7 +1,8 @@
 """The LoRA learner: trains an adapter on the agents' trajectories and hot-swaps each new version into the pool.
 
 Owns: the pool's base model in torch with a peft LoRA, the learner step (read a batch from the trajectory
-buffer, staleness gate, group advantages, decoupled PPO with AdamW and gradient clipping), publishing adapter
+buffer, staleness gate, group advantages, optionally self-imitation replay of past trajectories that beat their
+task's mean (``learner.replay``), decoupled PPO with AdamW and gradient clipping), publishing adapter
 versions (saved to ``out_dir/adapters/v{N}``, then ``publish_adapter`` on every engine), checkpoints in
 ``out_dir/checkpoint`` with resume, and per-step metrics (``out_dir/learner_metrics.jsonl``).
 
@@ -24,10 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,46 @@ from typing import Any
 from common.timer import Timer
 from learner.buffer import TrainTrajectory, TrajectoryBuffer
 from learner.config import LearnerConfig
-from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, scale_negative, staleness_filter,
-                            staleness_histogram, trajectory_scale)
+from learner.losses import (decoupled_ppo_loss, group_advantages, kl_to_reference, scale_negative,
+                            self_imitation_advantages, staleness_filter, staleness_histogram, trajectory_scale)
 
 log = logging.getLogger(__name__)
 HOLD_LIMIT = 4  # batches' worth of trajectories held while waiting for task groups to form
+REPLAY_CAPACITY = 512  # learner.replay: the latest trajectories that beat their task's mean, kept for replay
 
 
 def group_key(t: TrainTrajectory, group_size: int) -> str:
     """The GRPO group of a trajectory: its task's episodes of one epoch (``group_size`` > 1: sampled together from
     the same policy and memory), or every episode of its task in the batch (one episode per task and epoch)."""
     return t.task_id if group_size <= 1 else f"{t.task_id}@{t.epoch}"
+
+
+class SelfImitationMemory:
+    """What ``learner.replay`` draws from: each task's mean reward over the trajectories trained on (the baseline)
+    and the latest ``capacity`` trajectories that beat their task's baseline when they were trained on."""
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        self._rewards: dict[str, list[float]] = {}  # task -> [reward sum, count]
+        self._kept: deque[TrainTrajectory] = deque(maxlen=capacity)
+        self._rng = random.Random(seed)
+
+    def observe(self, trajs: list[TrainTrajectory]) -> None:
+        for t in trajs:
+            total = self._rewards.setdefault(t.task_id, [0.0, 0])
+            total[0] += t.reward
+            total[1] += 1
+
+    def baseline(self, task_id: str) -> float:
+        total, n = self._rewards.get(task_id, (0.0, 0))
+        return total / n if n else 0.0
+
+    def remember(self, trajs: list[TrainTrajectory]) -> None:
+        self._kept.extend(t for t in trajs if t.reward > self.baseline(t.task_id))
+
+    def sample(self, n: int) -> list[TrainTrajectory]:
+        """Up to ``n`` kept trajectories that still beat their task's baseline, drawn at random."""
+        better = [t for t in self._kept if t.reward > self.baseline(t.task_id)]
+        return self._rng.sample(better, min(n, len(better)))
 
 
 class Learner:
@@ -90,6 +121,8 @@ class Learner:
         self._started = time.monotonic()
         self.last_metrics: dict[str, Any] = {}
         self.totals = Counter()  # trained, stale, steps, publishes
+        # learner.replay: in memory only, a restarted learner starts it empty
+        self.replay = SelfImitationMemory(REPLAY_CAPACITY, seed)
         self._resume()
 
     # ------------------------------------------------------------------ public API
@@ -157,10 +190,14 @@ class Learner:
         trajs, entries, dropped = self._gate(batch)  # 2. staleness gate
         if not trajs:
             return {"trajectories": 0, "dropped_stale": dropped, "version": self.version, "step": self.step_no}
+        self.replay.observe(trajs)  # task baselines, then past trajectories that beat them (learner.replay)
+        replayed = self.replay.sample(self.cfg.replay)
         with timer("prox"):  # 3. advantages, sequences, proximal (and reference) logprobs
-            prep = self._prepare(trajs)
+            prep = self._prepare(trajs, replayed)
         with timer("train"):  # 4. decoupled PPO updates
             sums, grad_norms = self._update(prep)
+        if self.cfg.replay:
+            self.replay.remember(trajs)
         self._record_step(trajs, entries)
         saved_at = time.perf_counter()
         with timer("checkpoint"):  # 5. save the adapter if due, checkpoint + commit, then serve it on the engines
@@ -194,14 +231,20 @@ class Learner:
         self.totals["stale"] += len(drop)
         return [batch[i][1] for i in keep], [batch[i][0] for i in keep], len(drop)
 
-    def _prepare(self, trajs: list[TrainTrajectory]) -> _Prepared:
-        """Group advantages (``group_key``), the turns as sequences split into minibatches of micro-batch chunks,
-        and the proximal policy's logprobs (and the base model's, for the KL penalty) without gradients."""
+    def _prepare(self, trajs: list[TrainTrajectory], replayed: list[TrainTrajectory] | None = None) -> _Prepared:
+        """Group advantages (``group_key``) of the fresh trajectories and self-imitation advantages of the
+        ``replayed`` ones (after them), the turns as sequences split into minibatches of micro-batch chunks, and
+        the proximal policy's logprobs (and the base model's, for the KL penalty) without gradients."""
         import torch
 
         cfg = self.cfg
+        replayed = replayed or []
         adv = group_advantages([t.reward for t in trajs], [group_key(t, self.group_size) for t in trajs])
         adv = scale_negative(adv, cfg.negative_scale)
+        if replayed:
+            adv = torch.cat([adv, self_imitation_advantages([t.reward for t in replayed],
+                                                            [self.replay.baseline(t.task_id) for t in replayed])])
+        n_fresh, trajs = len(trajs), list(trajs) + replayed
         seqs = [(ti, turn) for ti, t in enumerate(trajs) for turn in t.turns]
         per_traj = trajectory_scale([sum(len(turn.output_ids) for turn in t.turns) for t in trajs], cfg.loss_agg)
         # minibatch mb holds the turns of trajectories ti with ti % minibatches == mb, in micro-batch chunks
@@ -216,7 +259,7 @@ class Learner:
             if cfg.kl_coef > 0:  # the base model: LoRA off
                 with self.model.disable_adapter():
                     ref = [self._logprobs([seqs[s] for s in rows])[0] for _, rows in chunks]
-        return _Prepared(adv, seqs, per_traj, chunks, prox, ref)
+        return _Prepared(adv, seqs, per_traj, chunks, prox, ref, n_fresh)
 
     def _update(self, prep: _Prepared) -> tuple[Counter, list[float]]:
         """Decoupled PPO: ``update_epochs`` passes, each one AdamW update per minibatch (gradients accumulated over
@@ -239,6 +282,9 @@ class Learner:
             for c in mine:
                 rows = chunks[c][1]
                 logp, behav, mask = self._logprobs([seqs[s] for s in rows])
+                if prep.n_fresh < len(prep.per_traj):  # replayed turns: no weight to their old behaviour policy
+                    replay_rows = torch.tensor([seqs[s][0] >= prep.n_fresh for s in rows], device=self.device)
+                    behav = torch.where(replay_rows[:, None], prep.prox[c], behav)
                 a = prep.adv[[seqs[s][0] for s in rows]].to(self.device)[:, None].expand_as(logp)
                 scale = torch.tensor([prep.per_traj[seqs[s][0]] for s in rows], device=self.device)[:, None].expand_as(logp)
                 loss, m = decoupled_ppo_loss(logp, prep.prox[c], behav, a, mask, cfg.clip_eps,
@@ -294,7 +340,9 @@ class Learner:
             "sequences": len(prep.seqs), "tokens": int(sums["tokens"]) // self.cfg.update_epochs, "loss": sums["loss"],
             "kl_behav": sums["kl_sum"] / tokens, "kl_ref": sums["kl_ref_sum"] / tokens,
             "clip_frac": sums["clipped"] / tokens, "behav_weight": sums["weight_sum"] / tokens,
-            "grad_norm": max(grad_norms or [0.0]), "advantage_abs": float(prep.adv.abs().mean()),
+            "grad_norm": max(grad_norms or [0.0]), "advantage_abs": float(prep.adv[:prep.n_fresh].abs().mean()),
+            "replayed": len(prep.per_traj) - prep.n_fresh,
+            "replay_advantage": float(prep.adv[prep.n_fresh:].mean()) if len(prep.per_traj) > prep.n_fresh else 0.0,
             "reward_mean": sum(t.reward for t in trajs) / len(trajs),
             "staleness": staleness_histogram([t.version for t in trajs], self.version - publish),
             "step_s": elapsed, "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
@@ -450,7 +498,8 @@ class Learner:
 @dataclass
 class _Prepared:
     """A step's inputs to the updates: advantages, the turns as (trajectory index, turn), each trajectory's token
-    weight, the micro-batch chunks (minibatch, rows), and the proximal / reference logprobs per chunk."""
+    weight, the micro-batch chunks (minibatch, rows), the proximal / reference logprobs per chunk, and how many
+    trajectories are fresh (the replayed ones follow them)."""
 
     adv: Any
     seqs: list[tuple[int, Any]]
@@ -458,3 +507,4 @@ class _Prepared:
     chunks: list[tuple[int, list[int]]]
     prox: list[Any]
     ref: list[Any] | None
+    n_fresh: int  # trajectories [0, n_fresh) are the step's batch, the rest replayed (learner.replay)

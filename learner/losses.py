@@ -12,6 +12,9 @@ Owns nothing stateful; every function is unit-tested with hand-computed cases (t
   DAPO's clip-higher is set).
 - ``scale_negative``: the weight of below-average episodes (``learner.negative_scale``; 1 = GRPO, 0 = learn only
   from the better episodes of each group, as rejection-sampling fine-tuning does).
+- ``self_imitation_advantages``: self-imitation learning (Oh et al., 2018) for replayed episodes:
+  A = max(r - baseline, 0), the baseline being the mean reward of the episode's task so far; a past episode
+  that did better than its task usually does is reinforced again, one that did not gives nothing.
 - ``kl_to_reference``: GRPO's penalty keeping the policy near the base model (``learner.kl_coef``).
 - ``trajectory_scale``: how the loss aggregates tokens: every token alike, or every trajectory alike.
 - ``staleness_filter``: keep a trajectory only if current_version - its version <= eta.
@@ -46,6 +49,16 @@ def scale_negative(advantages: torch.Tensor, scale: float) -> torch.Tensor:
     if not 0.0 <= scale <= 1.0:
         raise ValueError(f"negative advantage scale must be in [0, 1], got {scale}")
     return torch.where(advantages < 0, advantages * scale, advantages)
+
+
+def self_imitation_advantages(rewards: Sequence[float] | torch.Tensor,
+                              baselines: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """One advantage per replayed episode: how much its reward beat its task's baseline, never below 0."""
+    r = torch.as_tensor(rewards, dtype=torch.float32)
+    b = torch.as_tensor(baselines, dtype=torch.float32)
+    if r.ndim != 1 or r.shape != b.shape:
+        raise ValueError(f"{tuple(r.shape)} rewards for {tuple(b.shape)} baselines")
+    return (r - b).clamp(min=0.0)
 
 
 def decoupled_ppo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor,

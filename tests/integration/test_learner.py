@@ -5,7 +5,8 @@
   entries back first.
 - Learner (Ray + vLLM + Redis): consumes real episodes, publishes v1 then v2 and the pool's next responses report
   each version (so the saved peft adapter loads in vLLM); a learner actor killed mid-run is replaced, resumes
-  from its checkpoint (step and version continue) and no episode is trained on twice or lost.
+  from its checkpoint (step and version continue) and no episode is trained on twice or lost; with
+  ``learner.replay`` a step also trains on an earlier step's wins (self-imitation), counted apart.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
 
     started = time.monotonic()
     cfg = LearnerConfig(enabled=True, batch_size=4, publish_interval=1, max_staleness=8, lr=1e-3, micro_batch=8,
-                        minibatches=2, update_epochs=2, num_cpus=1)
+                        minibatches=2, update_epochs=2, num_cpus=1, replay=2)
     model = llm_pool_model(llm_pool)
     out = tmp_path / "learner"
     # the session's engine outlives this learner and other tests publish low versions on it: start at V0 = 100
@@ -175,6 +176,8 @@ def test_learner_publishes_resumes_after_kill_and_trains_each_episode_once(llm_p
     steps = [json.loads(x) for x in (out / "learner_metrics.jsonl").read_text().splitlines()]
     assert all(m["publish_latency_s"] is not None and m["publish_latency_s"] > 0 for m in steps)
     assert steps[0]["kl_behav"] < 0.05, steps[0]  # the learner's base-model logprobs match the engine's
+    # self-imitation: step 2 (another task) also trained on 2 of step 1's wins, which beat their task's mean 0
+    assert steps[0]["replayed"] == 0 and (steps[1]["replayed"], steps[1]["replay_advantage"]) == (2, 1.0)
     print(f"\nplayed {len(trajs)} episodes in {played:.1f} s; learner test {time.monotonic() - started:.1f} s; "
           f"publish latency {[round(m['publish_latency_s'], 3) for m in steps]}")
     asyncio.run(llm_pool.publish_adapter(0, ""))  # leave the shared engine on the base model

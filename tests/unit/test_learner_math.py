@@ -256,3 +256,36 @@ def test_kl_to_reference_is_zero_at_the_reference_and_pulls_back_towards_it() ->
     assert float(kl.detach()) == pytest.approx(1 - math.log(2), abs=1e-6)
     kl.backward()
     assert logp.grad[0, 0] < 0 and logp.grad[0, 1] == 0  # descending raises the token the policy under-weights
+
+
+def test_self_imitation_advantage_is_what_beat_the_baseline_never_negative() -> None:
+    from learner.losses import self_imitation_advantages
+
+    adv = self_imitation_advantages([1.0, 1.0, -1.0, 0.5], [-0.5, 1.0, -1.0, 0.75])
+    assert adv.tolist() == [1.5, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError):
+        self_imitation_advantages([1.0, 1.0], [0.0])
+
+
+def test_self_imitation_memory_keeps_and_replays_only_what_beat_its_task() -> None:
+    from learner.learner import SelfImitationMemory
+
+    def traj(task: str, reward: float, i: int) -> TrainTrajectory:
+        return TrainTrajectory(f"{task}-{i}", task, 0, 0, reward, [TrainTurn([1], [2], [-0.5], 0)])
+
+    memory = SelfImitationMemory(capacity=3)
+    assert memory.baseline("a") == 0.0 and memory.sample(4) == []
+    first = [traj("a", 1.0, 0), traj("a", -1.0, 1), traj("a", -1.0, 2), traj("b", 1.0, 3)]
+    memory.observe(first)
+    assert memory.baseline("a") == pytest.approx(-1 / 3) and memory.baseline("b") == 1.0
+    memory.remember(first)  # a's win beats a's mean; b's win is b's mean (b is always won): nothing to imitate
+    assert [t.episode_id for t in memory.sample(4)] == ["a-0"]
+    later = [traj("a", 1.0, 4), traj("a", 1.0, 5), traj("a", 1.0, 6)]
+    memory.observe(later)  # a now wins 4 of 6: mean 1/3, its wins still beat it
+    memory.remember(later)
+    picked = memory.sample(2)
+    assert len(picked) == 2 and {t.episode_id for t in picked} <= {"a-4", "a-5", "a-6"}  # capacity 3: a-0 dropped
+    memory.observe([traj("a", 1.0, 7)] * 10)  # a almost always won: a win barely beats the mean, still kept
+    assert 0 < memory.baseline("a") < 1 and len(memory.sample(5)) == 3
+    memory.observe([traj("b", -1.0, 8)])
+    assert memory.sample(5) and all(t.task_id == "a" for t in memory.sample(5))

@@ -27,7 +27,7 @@ from cluster.metrics import Recorder
 from cluster.scheduler import Admission, Scheduler
 from cluster.supervisor import LearnerSupervisor
 from cluster.wiring import (attach_rollout_workers, start_learner, start_pool, start_rollout_workers, start_shards,
-                            trajectory_stream)
+                            stop_actors, trajectory_stream)
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,7 @@ class RolloutActors:
     next_id: int = 0  # the id the next new actor gets (ids stay unique over the job)
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # already gone
-                pass
+        stop_actors(self.actors)
         self.actors = []
 
 
@@ -205,8 +199,7 @@ def _run_one(cfg: Config, run_dir: Path, run_id: str, redis_url: str | None, tas
                     ray.kill(learner.handle, no_restart=True)
                 if scfg.learner.enabled and pool is not None:
                     _run(pool.publish_adapter(0, ""))  # the next seed or mode starts from the base model
-                for h in shards or []:
-                    ray.kill(h, no_restart=True)
+                stop_actors(shards or [])
     finally:
         recorder.close()
         if held_rec is not None:

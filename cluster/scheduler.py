@@ -142,16 +142,13 @@ class Scheduler:
     def _replace(self, w: int, spec: EpisodeSpec, in_flight: dict, load: list[int], err: Exception,
                  recorder: Recorder) -> list[EpisodeSpec]:
         """Actor ``w`` died: start a new one in its place and return its unfinished episodes for re-dispatch."""
-        import ray
+        from cluster.wiring import stop_actors
 
         lost_refs = [r for r, (_, i) in in_flight.items() if i == w]
         lost = [spec] + [in_flight.pop(r)[0] for r in lost_refs]
         log.warning("rollout actor %d died (%s); replacing it and re-dispatching %d episode(s)", w,
                     type(err).__name__, len(lost))
-        try:
-            ray.kill(self.workers[w], no_restart=True)
-        except Exception:  # already gone
-            pass
+        stop_actors([self.workers[w]])
         self.workers[w] = self.spawn(self.next_worker_id)
         self.next_worker_id += 1
         self.replaced += 1
@@ -168,10 +165,6 @@ class Scheduler:
         return list(reversed(again))  # extendleft reverses: keep the original order
 
     def shutdown(self) -> None:
-        import ray
+        from cluster.wiring import stop_actors
 
-        for w in self.workers:
-            try:
-                ray.kill(w, no_restart=True)
-            except Exception:  # already gone
-                pass
+        stop_actors(self.workers)

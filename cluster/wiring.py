@@ -2,7 +2,7 @@
 
 Owns: ``start_pool`` (vLLM engine actors behind an ``LLMPool``), ``start_shards`` (memory shard actors),
 ``start_rollout_workers`` (async rollout actors, each given only its own config sections), ``attach_rollout_workers``
-(the same actors re-pointed at the next seed's memory) and ``start_learner``
+(the same actors re-pointed at the next seed's memory), ``stop_actors`` and ``start_learner``
 (the threaded LoRA learner actor), plus the name of the trajectory stream a run's rollouts feed and its learner
 reads. Components never import Ray to make themselves remote, and never see the whole config tree. Library
 cache locations reach the actors through the job's environment: a local Ray inherits the driver's (set by
@@ -101,6 +101,17 @@ def start_rollout_workers(cfg: Config, model_path: str, engines: list[Any] | Non
             for i in range(first_id, first_id + n)]
 
 
+def stop_actors(handles: list[Any]) -> None:
+    """Kill each actor for good (no restart); one that is already gone is skipped."""
+    import ray
+
+    for h in handles:
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+
 def attach_rollout_workers(workers: list[Any], cfg: Config, shards: list[Any] | None, redis_url: str | None,
                            timeout_s: float = 120.0) -> list[Any]:
     """Re-point live rollout actors at the memory and learner stream of ``cfg`` (the next seed or mode of a job);
@@ -117,7 +128,7 @@ def attach_rollout_workers(workers: list[Any], cfg: Config, shards: list[Any] | 
             kept.append(w)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
             log.warning("rollout actor not re-attached (%s); a new one takes its place", type(e).__name__)
-            ray.kill(w, no_restart=True)
+            stop_actors([w])
     return kept
 
 

@@ -4,7 +4,7 @@
     epiq config configs/quickstart.yaml [--set k=v ...]              # validate and print the resolved config
     epiq config --reference                                          # every key, type, default and doc (markdown)
     epiq memory stats|top|export|import|snapshot|rollback ...         # see memory_server/cli.py
-    epiq bench memory|rollout|learning|lora|chaos [...]              # see benchmarks/<name>.py
+    epiq bench memory|rollout|learning|lora|adapter_capacity|policy_model|chaos [...]  # see benchmarks/<name>.py
     epiq report RUN_DIR [RUN_DIR ...] [--out DIR]                      # compare runs: intervals, differences, plot
 
 Config errors exit with code 2 and one line on stderr.
@@ -18,7 +18,7 @@ import sys
 from cluster import train
 from cluster.config import ConfigError, dump, reference_markdown
 
-BENCHMARKS = ("memory", "rollout", "learning", "lora", "policy_model", "chaos")
+BENCHMARKS = ("memory", "rollout", "learning", "lora", "adapter_capacity", "policy_model", "chaos")
 
 
 def _bench(name: str, argv: list[str]) -> int:
@@ -31,6 +31,8 @@ def _bench(name: str, argv: list[str]) -> int:
         from benchmarks import learning as bench
     elif name == "lora":
         from benchmarks import lora as bench
+    elif name == "adapter_capacity":
+        from benchmarks import adapter_capacity as bench
     elif name == "policy_model":
         from benchmarks import policy_model as bench
     elif name == "chaos":
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory_parser(p)
 
-    p = sub.add_parser("bench", help="run a benchmark: memory, rollout, learning, lora, chaos (benchmarks/<name>.py)")
+    p = sub.add_parser("bench", help="run a benchmark: " + ", ".join(BENCHMARKS) + " (benchmarks/<name>.py)")
     p.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help of each)")
 

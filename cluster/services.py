@@ -78,9 +78,16 @@ def stop_pids(procs: dict[int, float], timeout: float = 10.0) -> list[int]:
 
 
 def descendants() -> dict[int, float]:
-    """Every process this one started (transitively), pid -> create_time."""
+    """Every process this one started (transitively), pid -> create_time, except multiprocessing's resource
+    tracker: a helper of this interpreter (started by a spawn-context process pool, e.g. the epiq-tiny build's
+    game generation) that ignores SIGTERM by design and exits when this process does."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     out = {}
     for child in psutil.Process().children(recursive=True):
+        if child.pid == tracker:
+            continue
         try:
             out[child.pid] = child.create_time()
         except psutil.NoSuchProcess:

@@ -55,3 +55,30 @@ def test_a_second_sigterm_during_clean_up_does_not_cut_it_short(tmp_path, monkey
         signal.signal(signal.SIGTERM, before)
     assert finished == [True]
     assert after is before  # the run's handler is gone, the one from before the run is back
+
+
+def test_clean_up_leaves_multiprocessing_s_resource_tracker_to_exit_with_the_driver() -> None:
+    """The epiq-tiny build's spawn-context process pool starts multiprocessing's resource tracker, which ignores
+    SIGTERM by design: clean-up must not wait for it and SIGKILL it (a warning on every cold quickstart)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, multiprocessing as mp\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import resource_tracker\n"
+        "from cluster.services import descendants, stop_pids\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as pool:\n"
+        "        assert pool.submit(abs, -1).result() == 1\n"
+        "    tracker = resource_tracker._resource_tracker._pid\n"
+        "    owned = descendants()\n"
+        "    print(json.dumps({'tracker': tracker, 'owned': list(owned), 'forced': stop_pids(owned, timeout=2)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tracker"] is not None  # the pool did start one
+    assert out["tracker"] not in out["owned"] and out["forced"] == []

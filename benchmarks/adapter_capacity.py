@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
            "temperature": cfg.llm.temperature, "lora_rank": cfg.learner.lora_rank,
            "lora_alpha": cfg.learner.lora_alpha, "curves": curves, "seconds": round(time.monotonic() - started, 1),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()}}
-    print(f"\n| updates | " + " | ".join(f"lr {lr}: route / per-step" for lr in curves) + " |")
+    print("\n| updates | " + " | ".join(f"lr {lr}: route / per-step" for lr in curves) + " |")
     print("|---:|" + "---:|" * len(curves))
     for i, k in enumerate(curves[next(iter(curves))]):
         cells = [f"{100 * c[i]['route_probability']:.1f}% / {100 * c[i]['step_probability']:.1f}%" for c in curves.values()]

@@ -33,9 +33,10 @@ HELDOUT_SEEDS = [1029, 1164, 1037, 1102, 1057, 1230, 1043, 1078, 1128, 1075, 118
 
 
 def learner_steps(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
-    """mode -> seed -> the learner's per-step metrics (advantage, KL to behaviour, reward, loss, clip fraction)."""
-    keys = ("step", "version", "trajectories", "advantage_abs", "kl_behav", "reward_mean", "loss", "clip_frac",
-            "grad_norm", "dropped_stale", "staleness")
+    """mode -> seed -> the learner's per-step metrics (advantage, KL to the behaviour policy and to the base model,
+    reward, loss, clip fraction, replayed wins)."""
+    keys = ("step", "version", "trajectories", "advantage_abs", "kl_behav", "kl_ref", "reward_mean", "loss",
+            "clip_frac", "grad_norm", "dropped_stale", "staleness", "replayed", "replay_advantage")
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(run_dir.glob("*/learner/s*/learner_metrics.jsonl")):
         mode, seed = path.parts[-4], path.parts[-2]

@@ -31,7 +31,7 @@ def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: 
     args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
             *[a for o in (f"run.output_dir={tmp_path}", "run.name=q", "rollout.epochs=2", f"env.task_seeds={GROUP[:2]}",
                           "env.heldout_seeds=[1029]", "env.max_steps=4", "run.modes=[none,rag,memrl,lora]",
-                          "learner.batch_size=2", "rollout.seeds=[0]", "rollout.group_size=2")
+                          "learner.batch_size=2", "learner.minibatches=2", "rollout.seeds=[0]", "rollout.group_size=2")
               for a in ("--set", o)]]
     proc = subprocess.run(args, cwd=ROOT, env=env_without_ray, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

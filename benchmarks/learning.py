@@ -7,7 +7,8 @@ Runs the real driver (``cluster.train``: local Ray, valkey, the vLLM pool, rollo
 1-5 are played, groups 6-10 are the held-out games); after each seed's last epoch every mode plays the held-out
 games once with its memory and adapter frozen. Writes the run folder (``comparison.{md,png,json}``, per-mode
 metrics) and a JSON summary: the command, per-seed results, intervals, paired differences, and the learner's
-per-step metrics (advantages, KL to the behaviour policy, reward) of each LoRA mode and seed.
+per-step metrics (advantages, KL to the behaviour policy and to the base model, reward, replayed wins) of each
+LoRA mode and seed. ``python -m benchmarks.pooled`` pools several such JSON files over (task set, run seed).
 
     python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, the quickstart's 4 seeds
     python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13

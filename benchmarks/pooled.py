@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-from cluster.report import METRICS, NAMES, PAIRS, _cell, _verdict
-from cluster.stats import paired
+from cluster.report import METRICS, NAMES, cell, differences, verdict
 
 
 def task_set_id(run_dir: Path) -> str:
@@ -54,13 +53,9 @@ def pool(runs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, dic
 
 def pooled_differences(merged: dict[str, dict[str, dict[str, float]]], metrics: tuple[str, ...] = METRICS,
                        ) -> list[dict[str, Any]]:
-    """The report's paired differences, over every (task set, seed) both modes ran."""
-    out = []
-    for a, b in PAIRS:
-        for m in metrics:
-            if a in merged and b in merged and m in merged[a] and m in merged[b]:
-                out.append({"a": a, "b": b, "metric": m, **paired(merged[a][m], merged[b][m]).as_dict()})
-    return out
+    """The report's paired differences (``cluster.report.differences``), over every (task set, seed) both modes
+    ran."""
+    return [d for d in differences({mode: {"per_seed": m} for mode, m in merged.items()}) if d["metric"] in metrics]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [head, "|---|---|" + "---:|" * len(per_run) + "---:|---:|---|"]
     for d in diffs:
         k = (d["a"], d["b"], d["metric"])
-        cells = [_cell(own[k], signed=True) if k in own else "-" for _, own in per_run]
+        cells = [cell(own[k], signed=True) if k in own else "-" for _, own in per_run]
         lines.append(f"| {d['a']} - {d['b']} | {NAMES[d['metric']]} | " + " | ".join(cells)
-                     + f" | {_cell(d, signed=True)} | {d['n']} | {_verdict(d)} |")
+                     + f" | {cell(d, signed=True)} | {d['n']} | {verdict(d)} |")
     print("\n".join(lines))
     print("\nPer run: the run's own paired difference over its seeds. Pooled: over every (task set, run seed) both "
           "modes ran, 95% Student-t interval; resolved only when it excludes 0.")

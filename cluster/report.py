@@ -124,7 +124,8 @@ def compare(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return {label: aggregate(d) for label, d in runs.items()}
 
 
-def _cell(iv: dict[str, Any], signed: bool = False) -> str:
+def cell(iv: dict[str, Any], signed: bool = False) -> str:
+    """One table cell: a mean in percent with its interval (signed for differences); '-' when nothing ran."""
     if iv["n"] == 0 or math.isnan(iv["mean"]):
         return "-"
     fmt = (lambda x: f"{x * 100:+.1f}") if signed else (lambda x: f"{x * 100:.1f}")
@@ -133,7 +134,8 @@ def _cell(iv: dict[str, Any], signed: bool = False) -> str:
     return f"{fmt(iv['mean'])}% [{fmt(iv['lo'])}, {fmt(iv['hi'])}]"
 
 
-def _verdict(d: dict[str, Any]) -> str:
+def verdict(d: dict[str, Any]) -> str:
+    """A paired difference's verdict: not resolved, or which side is better (lower forgetting is better)."""
     if d["n"] < 2:
         return "no interval (1 seed)"
     if not d["resolved"]:
@@ -150,7 +152,7 @@ def markdown(result: dict[str, dict[str, Any]], diffs: list[dict[str, Any]] | No
     lines = [head, sep]
     for label, r in result.items():
         cells = [label, str(len(r["seeds"])), str(len(r["epochs"])), str(r.get("episodes_per_epoch") or "-")]
-        cells += [_cell(r[m]) if m in r else "-" for m in present]
+        cells += [cell(r[m]) if m in r else "-" for m in present]
         cells.append(f"{r['episodes_per_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     conf = f"{CONFIDENCE:.0%}"
@@ -163,8 +165,8 @@ def markdown(result: dict[str, dict[str, Any]], diffs: list[dict[str, Any]] | No
         lines = [f"| difference (paired over seeds) | metric | mean [{conf} interval], points | seeds | verdict |",
                  "|---|---|---:|---:|---|"]
         for d in diffs:
-            lines.append(f"| {d['a']} - {d['b']} | {NAMES[d['metric']]} | {_cell(d, signed=True)} | {d['n']} | "
-                         f"{_verdict(d)} |")
+            lines.append(f"| {d['a']} - {d['b']} | {NAMES[d['metric']]} | {cell(d, signed=True)} | {d['n']} | "
+                         f"{verdict(d)} |")
         text += "\n" + "\n".join(lines) + (
             "\n\nA difference is resolved only when its interval excludes 0 (lower forgetting is better).\n")
     return text

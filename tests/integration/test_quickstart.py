@@ -31,7 +31,7 @@ def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: 
     args = [sys.executable, "-m", "cluster.train", "--config", "configs/quickstart.yaml",
             *[a for o in (f"run.output_dir={tmp_path}", "run.name=q", "rollout.epochs=2", f"env.task_seeds={GROUP[:2]}",
                           "env.heldout_seeds=[1029]", "env.max_steps=4", "run.modes=[none,rag,memrl,lora]",
-                          "learner.batch_size=2", "learner.minibatches=2", "rollout.seeds=[0]", "rollout.group_size=2")
+                          "learner.batch_size=2", "learner.minibatches=2", "learner.max_staleness=4", "rollout.seeds=[0]", "rollout.group_size=2")
               for a in ("--set", o)]]
     proc = subprocess.run(args, cwd=ROOT, env=env_without_ray, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,8 +44,8 @@ def test_quickstart_modes_write_table_and_plot(tmp_path: Path, env_without_ray: 
         assert [e["task_id"].rsplit("/", 1)[1] for e in held] == ["1029"] * 2  # the transfer check ran (a group
         assert all(e["written_memory_id"] is None for e in held)  # of 2), memory frozen
         assert f"| {mode} |" in proc.stdout
-    # the learner trained on the lora run's 8 trajectories (2 games x 2 epochs x groups of 2) and its adapters
-    # served later episodes
+    # the learner trained on the lora run's 8 trajectories (2 games x 2 epochs x groups of 2; with η = 4 none is
+    # stale at batch 2, the config's η = 1 may drop some) and its adapters served later episodes
     learner = json.loads((run / "summary.json").read_text())["modes"]["lora"]["learner"]["0"]
     assert learner["totals"]["trained"] == 8 and learner["version"] >= 1
     lora_eps = [json.loads(x) for x in (run / "lora" / "episodes.jsonl").read_text().splitlines()]

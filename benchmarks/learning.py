@@ -10,7 +10,7 @@ metrics) and a JSON summary: the command, per-seed results, intervals, paired di
 per-step metrics (advantages, KL to the behaviour policy and to the base model, reward, replayed wins) of each
 LoRA mode and seed. ``python -m benchmarks.pooled`` pools several such JSON files over (task set, run seed).
 
-    python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, the quickstart's 4 seeds
+    python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, 6 run seeds (0-5)
     python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13
     python -m benchmarks.learning --env code --modes none,rag,memrl      # HumanEval with SmolLM2 (configs/code-smollm2.yaml)
 
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", choices=["textworld", "code", "sql", "math"], default="textworld",
                    help="task family: the quickstart's TextWorld games, or configs/<env>-smollm2.yaml")
     p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
-    p.add_argument("--seeds", default="0,1,2,3", help="run seeds (the quickstart's four)")
+    p.add_argument("--seeds", default=None, help="run seeds (default: 0-5 for TextWorld, where the quickstart's 4 "
+                                                  "leave lora - none unresolved on some task sets; 0-3 otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
     p.add_argument("--heldout", default=None, help="held-out game seeds ('' = none; default: the quickstart's "
                                                    "groups 6-10, or the task set's)")
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.env != "textworld" and (args.taskset or args.heldout):
         print("epiq bench learning: --taskset and --heldout are for the TextWorld games", file=sys.stderr)
         return 2
+    if args.seeds is None:
+        args.seeds = "0,1,2,3,4,5" if args.env == "textworld" else "0,1,2,3"
     heldout = ",".join(map(str, HELDOUT_SEEDS)) if args.heldout is None else args.heldout
     overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]",
                  f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}"]

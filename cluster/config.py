@@ -31,7 +31,8 @@ from learner.config import LearnerConfig
 from memory_server.config import MemoryConfig
 
 __all__ = ["AgentConfig", "ClusterConfig", "Config", "ConfigError", "EnvConfig", "LLMConfig", "LearnerConfig",
-           "MemoryConfig", "RedisConfig", "RolloutConfig", "RunConfig", "build", "dump", "load", "reference_markdown"]
+           "MemoryConfig", "RedisConfig", "RolloutConfig", "RunConfig", "build", "dump", "load", "reference_markdown",
+           "with_overrides"]
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,7 @@ class Mode:
     similarity_only: bool = False  # rag: retrieval ranks by similarity alone (λ = 0, no Q floor)
 
 
+MODE_SECTIONS = ("memory", "learner")  # what run.mode_overrides may change per mode
 MODES: dict[str, Mode] = {  # the one table of what a mode means (cluster.job.mode_config applies it)
     "none": Mode(memory=False, lora=False),
     "rag": Mode(memory=True, lora=False, similarity_only=True),
@@ -120,11 +122,18 @@ class RunConfig:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc("INFO", "Logging level of the driver.")
     verbose: bool = doc(False, "Stream every actor's output (vLLM engines, Ray workers) to the terminal; false = it stays in the run folder's Ray logs (`<run>/ray/session_latest/logs/worker-*`) and the terminal shows the driver's lines, the progress line and errors (`epiq train --verbose`).")
     modes: list[str] = doc([], "Compare modes on the same tasks, seeds and scheduler, one sub-folder each, then a table and plot: none, rag (λ=0), memrl or memory (memory.lam), lora, memory+lora. Empty = one run as configured.")
+    mode_overrides: dict[str, list[str]] = doc({}, "Per compared mode, `memory.*` / `learner.*` overrides in `--set` form applied to that mode only, e.g. `{memory+lora: [learner.replay=0]}`; every other key is shared by all modes so they stay comparable.")
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
         check(not bad, "modes", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
         check(len(set(self.modes)) == len(self.modes), "modes", "has duplicates")
+        bad = [m for m in self.mode_overrides if m not in MODES]
+        check(not bad, "mode_overrides", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
+        for mode, assignments in self.mode_overrides.items():
+            for a in assignments:
+                check(a.split(".", 1)[0] in MODE_SECTIONS, "mode_overrides",
+                      f"{mode}: {a!r} is not a memory.* or learner.* key (the other sections are shared by all modes)")
 
 
 @dataclass
@@ -148,6 +157,8 @@ class Config:
                "learner.enabled needs llm.backend: vllm (an OpenAI endpoint cannot take new adapters)")
         check(self.learner.lora_rank <= self.llm.max_lora_rank, "learner",
                f"learner.lora_rank ({self.learner.lora_rank}) exceeds llm.max_lora_rank ({self.llm.max_lora_rank})")
+        for mode in self.run.mode_overrides:  # a bad key or value fails at load time, not when the mode starts
+            _overridden(self, mode)
 
 
 # --------------------------------------------------------------------------- strict conversion
@@ -231,6 +242,8 @@ def _build(cls: type, data: Any, path: str = "") -> Any:
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
     try:
         return cls(**kwargs)
+    except ConfigError:  # already names its key (run.mode_overrides, checked in Config)
+        raise
     except FieldError as e:  # a section's check names its field: report the full key path
         raise ConfigError(f"{path + '.' if path else ''}{e.name}: {e}") from None
     except ValueError as e:  # any other check of a component's section: at least name the section
@@ -317,6 +330,24 @@ def build(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     for assignment in overrides:
         apply_override(raw, assignment)
     return _build(Config, raw)
+
+
+def _overridden(cfg: Config, mode: str) -> Config:
+    """``cfg`` rebuilt with ``run.mode_overrides[mode]`` applied (and no mode overrides of its own)."""
+    raw = to_dict(cfg)
+    raw["run"]["mode_overrides"] = {}
+    try:
+        return build(raw, cfg.run.mode_overrides[mode])
+    except ConfigError as e:
+        raise ConfigError(f"run.mode_overrides.{mode}: {e}") from None
+
+
+def with_overrides(cfg: Config, mode: str) -> Config:
+    """``cfg`` with ``run.mode_overrides[mode]`` applied (the memory and learner sections; the rest is ``cfg``'s)."""
+    if not cfg.run.mode_overrides.get(mode):
+        return cfg
+    changed = _overridden(cfg, mode)
+    return dataclasses.replace(cfg, memory=changed.memory, learner=changed.learner)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster.config import MODES, Config
+from cluster.config import MODES, Config, with_overrides
 from cluster.metrics import Recorder
 from cluster.scheduler import Admission, Scheduler
 from cluster.supervisor import LearnerSupervisor
@@ -76,8 +76,10 @@ def start_inference(cfg: Config, rollouts: RolloutActors | None = None, redis_ur
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
-    """The config of one compared mode (``cluster.config.MODES``): which halves learn, and how retrieval ranks."""
+    """The config of one compared mode (``cluster.config.MODES``): which halves learn, and how retrieval ranks,
+    after the mode's own ``run.mode_overrides``."""
     m = MODES[mode]
+    cfg = with_overrides(cfg, mode)
     namespace = f"{cfg.memory.namespace}-{mode.replace('+', '_')}"  # namespaces take letters, digits, _ . -
     memory = dataclasses.replace(cfg.memory, enabled=m.memory, namespace=namespace)
     if m.similarity_only:  # rag: Q neither ranks (λ = 0) nor filters (no floor)

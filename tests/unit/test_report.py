@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,27 @@ import pytest
 from cluster.config import ConfigError, build
 from cluster.job import mode_config, seed_config
 from cluster.report import aggregate, expand, main, markdown
+
+
+def test_mode_overrides_change_only_their_mode() -> None:
+    cfg = build({"learner": {"replay": 16}, "run": {"mode_overrides": {"memory+lora": ["learner.replay=0",
+                                                                                     "memory.alpha=0.5"]}}})
+    both, lora = mode_config(cfg, "memory+lora"), mode_config(cfg, "lora")
+    assert both.learner.replay == 0 and both.memory.alpha == 0.5 and both.learner.enabled and both.memory.enabled
+    assert lora.learner.replay == 16 and mode_config(cfg, "memrl").memory.alpha == cfg.memory.alpha
+    assert both.memory.namespace != mode_config(cfg, "memrl").memory.namespace  # the mode's own namespace still
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"memory+lora": ["learner.replay=-1"]}, "run.mode_overrides.memory+lora: learner.replay: must be >= 0"),
+    ({"memory+lora": ["learner.replya=0"]}, "did you mean 'learner.replay'"),
+    ({"memory+lora": ["llm.temperature=0"]}, "not a memory.* or learner.* key"),
+    ({"lorra": ["learner.replay=0"]}, "unknown mode(s) ['lorra']"),
+    ({"lora": "learner.replay=0"}, "expected list of str"),
+])
+def test_bad_mode_overrides_fail_at_load(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build({"run": {"mode_overrides": overrides}})
 
 
 def _write_run(d: Path, per_seed: dict[int, list[tuple[float, float]]], heldout: list[float] | None = None) -> None:

@@ -101,6 +101,7 @@ class Mode:
 
 
 MODE_SECTIONS = ("memory", "learner")  # what run.mode_overrides may change per mode
+MODE_OWNED = ("memory.enabled", "memory.namespace", "learner.enabled")  # ... except what the mode itself sets
 MODES: dict[str, Mode] = {  # the one table of what a mode means (cluster.job.mode_config applies it)
     "none": Mode(memory=False, lora=False),
     "rag": Mode(memory=True, lora=False, similarity_only=True),
@@ -132,8 +133,10 @@ class RunConfig:
         check(not bad, "mode_overrides", f"unknown mode(s) {bad}; expected any of {list(MODES)}")
         for mode, assignments in self.mode_overrides.items():
             for a in assignments:
-                check(a.split(".", 1)[0] in MODE_SECTIONS, "mode_overrides",
+                key = a.partition("=")[0].strip()
+                check(key.split(".", 1)[0] in MODE_SECTIONS, "mode_overrides",
                       f"{mode}: {a!r} is not a memory.* or learner.* key (the other sections are shared by all modes)")
+                check(key not in MODE_OWNED, "mode_overrides", f"{mode}: {key} is set by the mode itself (run.modes)")
 
 
 @dataclass

@@ -28,6 +28,7 @@ def test_mode_overrides_change_only_their_mode() -> None:
     ({"memory+lora": ["learner.replya=0"]}, "did you mean 'learner.replay'"),
     ({"memory+lora": ["llm.temperature=0"]}, "not a memory.* or learner.* key"),
     ({"lorra": ["learner.replay=0"]}, "unknown mode(s) ['lorra']"),
+    ({"memrl": ["learner.enabled=true"]}, "learner.enabled is set by the mode itself"),
     ({"lora": "learner.replay=0"}, "expected list of str"),
 ])
 def test_bad_mode_overrides_fail_at_load(overrides: dict, message: str) -> None:

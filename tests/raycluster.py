@@ -36,6 +36,10 @@ from cluster.services import free_port, stop_pids
 BIN = Path(sys.executable).parent  # the project's venv: `ray`, and the `python` that jobs run
 
 
+class NodeExited(RuntimeError):
+    """A node's `ray start --block` process exited while the cluster waited for it."""
+
+
 class LocalRayCluster:
     def __init__(self, object_store_mb: int = 256) -> None:
         self.object_store_mb = object_store_mb
@@ -77,9 +81,34 @@ class LocalRayCluster:
                 time.sleep(1)
         self._wait_nodes(1, deadline)
 
-    def add_node(self, num_cpus: float, resources: dict[str, float] | None = None, timeout: float = 120) -> None:
-        self._start(f"node{len(self.nodes)}", [f"--address={self.gcs_address}"], num_cpus, resources)
-        self._wait_nodes(len(self.nodes), time.monotonic() + timeout)
+    def add_node(self, num_cpus: float, resources: dict[str, float] | None = None, timeout: float = 120,
+                 attempts: int = 2) -> None:
+        """Start a worker node and wait until it is ALIVE. A `ray start` that exits before registering is started
+        again, up to ``attempts`` times in all: under a heavy load a raylet can miss Ray's fixed 30 s wait for
+        its node to register with the GCS (ray/_private/node.py, no setting changes it), and the node's process
+        then exits with an error although the cluster is fine. Any other failure, or the last one, is raised."""
+        label = f"node{len(self.nodes)}"
+        for attempt in range(1, attempts + 1):
+            self._start(label, [f"--address={self.gcs_address}"], num_cpus, resources)
+            try:
+                self._wait_nodes(len(self.nodes), time.monotonic() + timeout)
+                return
+            except NodeExited:
+                others_alive = all(p.poll() is None for p in self.nodes[:-1])
+                if attempt == attempts or not others_alive:
+                    raise
+                self._discard_last()
+
+    def _discard_last(self) -> None:
+        """Forget the last node, whose `ray start` has exited: end what is left of its session, drop its temp dir."""
+        proc = self.nodes.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        label = f"node{len(self.nodes)}"
+        shutil.rmtree(self.root / label, ignore_errors=True)
+        (self.root / f"{label}.log").rename(self.root / f"{label}.failed-{time.monotonic_ns()}.log")
 
     def _start(self, label: str, args: list[str], num_cpus: float, resources: dict[str, float] | None) -> None:
         temp = self.root / label
@@ -105,7 +134,7 @@ class LocalRayCluster:
         dead = [(i, p) for i, p in enumerate(self.nodes) if p.poll() is not None]
         if dead:
             i, proc = dead[0]
-            raise RuntimeError(f"`ray start` ({label}) exited with code {proc.returncode}:\n{self._log(i)}")
+            raise NodeExited(f"`ray start` ({label}) exited with code {proc.returncode}:\n{self._log(i)}")
 
     def _log(self, index: int) -> str:
         """The end of node ``index``'s `ray start` output (the temp folder is removed by ``stop``)."""

@@ -133,12 +133,16 @@ class LLMEngine:
 
 
 class LLMPool:
-    """Client over engine actor handles: least outstanding requests first. Picklable (handles and counters)."""
+    """Client over engine actor handles: least outstanding requests first. Picklable (handles and counters).
+    ``names``: the engines' Ray actor names when they have them (``cluster.wiring.start_pool`` names them)."""
 
-    def __init__(self, handles: list[Any]) -> None:
+    def __init__(self, handles: list[Any], names: list[str] | None = None) -> None:
         if not handles:
             raise ValueError("an LLMPool needs at least one engine")
+        if names is not None and len(names) != len(handles):
+            raise ValueError(f"an LLMPool of {len(handles)} engines got {len(names)} names")
         self.handles = list(handles)
+        self.names = list(names or [])
         self._outstanding = [0] * len(handles)
         self._next = 0  # rotates ties, so idle engines share the load
 

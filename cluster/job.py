@@ -227,7 +227,7 @@ def _start_learner(cfg: Config, out_dir: Path, model_path: str, pool: Any,
 
     try:
         learner = start_learner(cfg.learner, model_path, redis_url or "", out_dir, trajectory_stream(cfg),
-                                engines=pool.handles, group_size=cfg.rollout.group_size,
+                                engines=pool.names or pool.handles, group_size=cfg.rollout.group_size,
                                 max_restarts=cfg.learner.max_restarts)
     except ray.exceptions.GetTimeoutError:
         raise RuntimeError(f"the learner actor was not placed in time: it asks for learner.num_cpus="

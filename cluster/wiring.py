@@ -18,6 +18,7 @@ environment (``cluster.services.LocalServices``).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,14 @@ def start_pool(cfg: LLMConfig, model_path: str, timeout_s: float = 600.0,
     the job starts its rollout actors there)."""
     import ray
 
-    actor = ray.remote(LLMEngine).options(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
-                                          resources=dict(cfg.resources), max_concurrency=MAX_CONCURRENCY)
-    handles = [actor.remote(cfg, model_path, i) for i in range(cfg.engines)]
+    # named, so that an actor Ray may restart (the learner) can be given the names, not handles: handles among a
+    # restartable actor's constructor arguments are object-store references Ray cannot keep for a restart
+    # (ray-project/ray#53727, logged as an error at every learner start)
+    names = [f"epiq-llm-{secrets.token_hex(4)}-{i}" for i in range(cfg.engines)]
+    actor = ray.remote(LLMEngine)
+    handles = [actor.options(name=name, num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
+                             resources=dict(cfg.resources), max_concurrency=MAX_CONCURRENCY).remote(cfg, model_path, i)
+               for i, name in enumerate(names)]
     try:
         warm = [h.generate.remote("warm up", 1) for h in handles]  # first request costs ~1 s
         if meanwhile is not None:
@@ -60,7 +66,7 @@ def start_pool(cfg: LLMConfig, model_path: str, timeout_s: float = 600.0,
         for h in handles:
             ray.kill(h)
         raise
-    return LLMPool(handles)
+    return LLMPool(handles, names)
 
 
 def start_shards(cfg: MemoryConfig, redis_url: str, *, num_cpus: float = SHARD_CPUS,
@@ -136,7 +142,8 @@ def start_learner(cfg: LearnerConfig, model_path: str, redis_url: str, out_dir: 
                   engines: list[Any] | None = None, max_restarts: int = 0, timeout_s: float = 300.0,
                   initial_version: int = 0, group_size: int = 1) -> Any:
     """The learner as a threaded Ray actor (``num_cpus`` / ``num_gpus`` / ``resources`` from ``cfg``), ready to
-    ``run``: ``run`` trains in one thread while ``get_version`` / ``state`` / ``stop`` answer."""
+    ``run``: ``run`` trains in one thread while ``get_version`` / ``state`` / ``stop`` answer. ``engines``: the
+    engines' actor names (``LLMPool.names``) for a learner Ray may restart (``max_restarts`` > 0), or handles."""
     import ray
 
     from learner.learner import Learner

@@ -16,7 +16,7 @@ pending in the stream and are read again first.
 A plain class; the driver makes it a threaded Ray actor (``cluster.wiring.start_learner``: ``run`` in one thread,
 ``get_version`` / ``state`` / ``stop`` answer meanwhile). Without Ray:
 
-    learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.handles)
+    learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.names)
     learner.run(max_steps=10)            # or burst=True: train on what is in the buffer, then return
 """
 
@@ -79,6 +79,20 @@ class SelfImitationMemory:
         return self._rng.sample(better, min(n, len(better)))
 
 
+def resolve_engine(engine: Any) -> Any:
+    """An engine actor handle from its Ray actor name (a str), or the handle itself. The driver passes names: Ray
+    restarts a dead learner by running its constructor again with the same arguments, and a name resolves again
+    where a handle among the arguments would be an object-store reference that Ray cannot keep for a restart."""
+    if not isinstance(engine, str):
+        return engine
+    import ray
+
+    try:
+        return ray.get_actor(engine)
+    except ValueError:
+        raise ValueError(f"the learner's engine {engine!r} is not a live actor of this Ray job") from None
+
+
 class Learner:
     """One LoRA policy trained on one namespace's trajectory stream (a single learner per stream)."""
 
@@ -89,7 +103,8 @@ class Learner:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        self.cfg, self.model_path, self.engines = cfg, model_path, list(engines or [])
+        self.cfg, self.model_path = cfg, model_path
+        self.engines = [resolve_engine(e) for e in engines or []]
         self.group_size = group_size  # rollout.group_size: episodes of a task per epoch, one GRPO group
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)

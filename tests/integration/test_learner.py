@@ -191,10 +191,12 @@ def llm_pool_model(llm_pool) -> str:
 
 
 @pytest.mark.slow
-def test_a_killed_learner_is_restarted_and_its_loop_supervised(ray_session, redis_url: str, tiny_model: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_killed_learner_is_restarted_and_its_loop_supervised(llm_pool, redis_url: str, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture) -> None:
     """SIGKILL of the learner actor mid-run: Ray restarts it from its checkpoint, the supervisor restarts its training
-    loop, and every trajectory is trained exactly once (before: the job ended with RayActorError)."""
+    loop, and every trajectory is trained exactly once (before: the job ended with RayActorError). The learner gets
+    the engines by name, as the driver gives them: the restarted actor finds them again and serves its version on
+    them, and starting it logs no error (with handles, Ray logged that a restart could lose them: ray#53727)."""
     import os
     import signal
 
@@ -205,13 +207,17 @@ def test_a_killed_learner_is_restarted_and_its_loop_supervised(ray_session, redi
     from cluster.wiring import start_learner
 
     cfg = LearnerConfig(enabled=True, batch_size=4, max_staleness=100, lr=1e-3, num_cpus=0.5, max_restarts=2)
-    handle = start_learner(cfg, str(tiny_model), redis_url, tmp_path / "learner", "sup", max_restarts=2)
+    v1 = 2 * V0  # a version range of its own on the shared engine
+    capfd.readouterr()
+    handle = start_learner(cfg, llm_pool_model(llm_pool), redis_url, tmp_path / "learner", "sup",
+                           engines=llm_pool.names, max_restarts=2, initial_version=v1)
+    assert "constructor arguments in the object store" not in capfd.readouterr().err
     sup = LearnerSupervisor(handle, cfg.max_restarts)
     buf = TrajectoryBuffer(redis_url, "sup")
 
     def put_groups(first: int) -> None:
         for i in range(first, first + 8):  # two task groups of four, mixed rewards
-            buf.put(_fake(i, task=f"t{i // 4}"))
+            buf.put(_fake(i, task=f"t{i // 4}", version=v1))  # played on the version the learner starts at
 
     def wait_trained(n: int) -> None:
         deadline = time.monotonic() + 240
@@ -227,9 +233,12 @@ def test_a_killed_learner_is_restarted_and_its_loop_supervised(ray_session, redi
         put_groups(8)
         wait_trained(16)
         state = sup.stop()
+        served = ray.get(llm_pool.handles[0].health.remote())["adapter_version"]
     finally:
         ray.kill(handle, no_restart=True)
+        asyncio.run(llm_pool.publish_adapter(0, ""))  # leave the shared engine on the base model
     assert state["restarts"] == 1 and state["resumed_from"] is not None
+    assert served == state["version"] > v1  # the restarted learner published through the names it was given
     assert buf.committed()["trained"] == 16 and buf.committed()["duplicates"] == 0
     trained = [e for c in buf.commit_log() for e in c["episodes"]]
     assert sorted(trained) == sorted(f"ep{i}" for i in range(16))

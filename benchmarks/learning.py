@@ -6,7 +6,7 @@ Runs the real driver (``cluster.train``: local Ray, valkey, the vLLM pool, rollo
 ``--taskset FILE`` on a task set built by ``python -m actors.envs.distractors ... --groups 10 --out FILE`` (groups
 1-5 are played, groups 6-10 are the held-out games); after each seed's last epoch every mode plays the held-out
 games once with its memory and adapter frozen. Writes the run folder (``comparison.{md,png,json}``, per-mode
-metrics) and a JSON summary: the command, per-seed results, intervals, paired differences, and the learner's
+metrics) and a JSON summary: the command, the games, per-seed results, intervals, paired differences, and the learner's
 per-step metrics (advantages, KL to the behaviour policy and to the base model, reward, replayed wins) of each
 LoRA mode and seed. ``python -m benchmarks.pooled`` pools several such JSON files over (task set, run seed).
 
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
               "config": args.config, "run_dir": str(run_dir), "modes": args.modes.split(","),
               "seeds": [int(s) for s in args.seeds.split(",")], "wall_s": time.perf_counter() - t0,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "table": summary["table"],
-              "plot": summary["plot"], "comparison": comparison, "learner_steps": learner_steps(run_dir)}
+              "plot": summary["plot"], "task_seeds": list(cfg.env.task_seeds),  # the games: what benchmarks.pooled pairs on
+              "comparison": comparison, "learner_steps": learner_steps(run_dir)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out} (run folder {run_dir})")

@@ -28,8 +28,19 @@ from cluster.report import METRICS, NAMES, cell, differences, verdict
 def task_set_id(run_dir: Path) -> str:
     """A short id of the games a run played (its config's ``env.task_seeds``, order ignored)."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    seeds = sorted((cfg.get("env") or {}).get("task_seeds") or [])
-    return hashlib.sha1(json.dumps(seeds).encode()).hexdigest()[:8]
+    return games_id((cfg.get("env") or {}).get("task_seeds") or [])
+
+
+def games_id(task_seeds: list[int]) -> str:
+    return hashlib.sha1(json.dumps(sorted(task_seeds)).encode()).hexdigest()[:8]
+
+
+def result_task_set(result: dict[str, Any]) -> str:
+    """The task set of a benchmark result: its own ``task_seeds`` (written since this field exists, so a result
+    file pools without its run folder, e.g. one kept under benchmarks/results/), else its run folder's config."""
+    if result.get("task_seeds"):
+        return games_id(result["task_seeds"])
+    return task_set_id(Path(result["run_dir"]))
 
 
 def pool(runs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -73,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.files:
         try:
             d = json.loads(f.read_text())
-            tset = task_set_id(Path(d["run_dir"]))
+            tset = result_task_set(d)
             runs.append((str(f), tset, d["comparison"]))
         except (OSError, KeyError, json.JSONDecodeError) as e:
-            print(f"benchmarks.pooled: {f}: not a learning-benchmark result with its run folder ({e})", file=sys.stderr)
+            print(f"benchmarks.pooled: {f}: not a learning-benchmark result with its games or its run folder ({e})", file=sys.stderr)
             return 2
         per_run.append((f.name, {(x["a"], x["b"], x["metric"]): x for x in d["comparison"]["differences"]}))
     try:

@@ -51,3 +51,21 @@ def test_main_names_the_task_set_by_its_games(tmp_path: Path, capsys: pytest.Cap
     assert "| 4 |" in row  # 2 seeds x 2 task sets
     assert main([str(files[0]), str(files[2])]) == 2  # seed 0 of the same games twice
     assert "counted twice" in capsys.readouterr().err
+
+
+def test_a_result_with_its_games_pools_without_its_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A result file kept apart from its run folder (benchmarks/results/) is paired by the games it records."""
+    files = []
+    for name, games in (("q", [3, 1, 2]), ("a", [7, 8])):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"run_dir": str(tmp_path / "gone" / name), "task_seeds": games,
+                                 "comparison": comparison({"0": 0.1, "1": 0.1}, {"0": 0.2, "1": 0.3})}))
+        files.append(f)
+    assert main([str(f) for f in files] + ["--metrics", "last"]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| lora - none"))
+    assert "| 4 |" in row
+    same = tmp_path / "q-again.json"
+    same.write_text(json.dumps({"run_dir": "gone", "task_seeds": [1, 2, 3],
+                                "comparison": comparison({"0": 0.1}, {"0": 0.2})}))
+    assert main([str(files[0]), str(same)]) == 2  # the same games in another order: one task set
+    assert "counted twice" in capsys.readouterr().err

@@ -16,7 +16,7 @@ pending in the stream and are read again first.
 A plain class; the driver makes it a threaded Ray actor (``cluster.wiring.start_learner``: ``run`` in one thread,
 ``get_version`` / ``state`` / ``stop`` answer meanwhile). Without Ray:
 
-    learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.names)
+    learner = Learner(cfg.learner, model_path, redis_url, "runs/x/learner", namespace="x", engines=pool.names or pool.handles)
     learner.run(max_steps=10)            # or burst=True: train on what is in the buffer, then return
 """
 
@@ -90,7 +90,7 @@ def resolve_engine(engine: Any) -> Any:
     try:
         return ray.get_actor(engine)
     except ValueError:
-        raise ValueError(f"the learner's engine {engine!r} is not a live actor of this Ray job") from None
+        raise ValueError(f"the learner's engine {engine!r} is not a live actor in this Ray namespace") from None
 
 
 class Learner:

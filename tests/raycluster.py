@@ -84,31 +84,43 @@ class LocalRayCluster:
     def add_node(self, num_cpus: float, resources: dict[str, float] | None = None, timeout: float = 120,
                  attempts: int = 2) -> None:
         """Start a worker node and wait until it is ALIVE. A `ray start` that exits before registering is started
-        again, up to ``attempts`` times in all: under a heavy load a raylet can miss Ray's fixed 30 s wait for
-        its node to register with the GCS (ray/_private/node.py, no setting changes it), and the node's process
-        then exits with an error although the cluster is fine. Any other failure, or the last one, is raised."""
+        again, up to ``attempts`` times in all, each with its own ``timeout``: under a heavy load a raylet can
+        miss Ray's fixed 30 s wait for its node to register with the GCS (ray/_private/node.py, no setting
+        changes it), and the node's process then exits with an error although the cluster is fine. Any other
+        failure, or the last one, is raised. Only a node the cluster had not seen before counts as the new one
+        (a killed attempt may stay ALIVE in the GCS until its health check times out)."""
         label = f"node{len(self.nodes)}"
         for attempt in range(1, attempts + 1):
+            seen = {n.get("node_id") for n in self.list_nodes()}
             self._start(label, [f"--address={self.gcs_address}"], num_cpus, resources)
             try:
-                self._wait_nodes(len(self.nodes), time.monotonic() + timeout)
+                self._wait_new_node(seen, time.monotonic() + timeout)
                 return
             except NodeExited:
                 others_alive = all(p.poll() is None for p in self.nodes[:-1])
                 if attempt == attempts or not others_alive:
                     raise
-                self._discard_last()
+                self._discard_last(attempt)
 
-    def _discard_last(self) -> None:
-        """Forget the last node, whose `ray start` has exited: end what is left of its session, drop its temp dir."""
+    def _discard_last(self, attempt: int) -> None:
+        """Forget the last node, whose `ray start` has exited: end what is left of its session and keep its temp
+        dir and log under ``<label>.failed-<attempt>`` (removed with the cluster's folder by ``stop``)."""
         proc = self.nodes.pop()
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         label = f"node{len(self.nodes)}"
-        shutil.rmtree(self.root / label, ignore_errors=True)
-        (self.root / f"{label}.log").rename(self.root / f"{label}.failed-{time.monotonic_ns()}.log")
+        for path in (self.root / label, self.root / f"{label}.log"):
+            if path.exists():
+                path.rename(path.with_name(path.name.replace(label, f"{label}.failed-{attempt}", 1)))
+
+    def _wait_new_node(self, seen: set, deadline: float) -> None:
+        while not [n for n in self.list_nodes() if n.get("state") == "ALIVE" and n.get("node_id") not in seen]:
+            self._check_alive(f"node{len(self.nodes) - 1}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray node {len(self.nodes) - 1} did not register:\n{self._log(len(self.nodes) - 1)}")
+            time.sleep(1)
 
     def _start(self, label: str, args: list[str], num_cpus: float, resources: dict[str, float] | None) -> None:
         temp = self.root / label

@@ -25,7 +25,8 @@ def harness(monkeypatch, exits: list[bool]) -> LocalRayCluster:
             rc.nodes[-1].wait()
 
     monkeypatch.setattr(rc, "_start", start)
-    monkeypatch.setattr(rc, "list_nodes", lambda: [{"state": "ALIVE"} for p in rc.nodes if p.poll() is None])
+    monkeypatch.setattr(rc, "list_nodes", lambda: [{"state": "ALIVE", "node_id": p.pid} for p in rc.nodes
+                                                    if p.poll() is None])
     rc.nodes.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True))
     return rc
 
@@ -35,7 +36,7 @@ def test_a_worker_that_exits_before_registering_is_started_again(monkeypatch):
     try:
         rc.add_node(num_cpus=1, timeout=10)
         assert len(rc.nodes) == 2 and all(p.poll() is None for p in rc.nodes)
-        assert list(rc.root.glob("node1.failed-*.log")), "the failed start's log is kept"
+        assert (rc.root / "node1.failed-1.log").is_file(), "the failed start's log is kept"
     finally:
         rc.stop(timeout=5)
 
@@ -45,6 +46,7 @@ def test_a_second_exit_is_raised_with_the_nodes_log(monkeypatch):
     try:
         with pytest.raises(NodeExited, match="node registration"):
             rc.add_node(num_cpus=1, timeout=10)
+        assert (rc.root / "node1.failed-1.log").is_file(), "raised on the second start, not the first"
     finally:
         rc.stop(timeout=5)
 
@@ -56,6 +58,6 @@ def test_a_dead_head_is_not_retried(monkeypatch):
     try:
         with pytest.raises(NodeExited, match="exited with code"):
             rc.add_node(num_cpus=1, timeout=10)
-        assert len(rc.nodes) == 2, "no second start after the head died"
+        assert len(rc.nodes) == 2 and not (rc.root / "node1.failed-1.log").exists(), "no second start after the head died"
     finally:
         rc.stop(timeout=5)

@@ -79,7 +79,7 @@ class LocalRayCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Ray head did not answer on {self.dashboard_url} in {timeout}s:\n{self._log(0)}")
                 time.sleep(1)
-        self._wait_nodes(1, deadline)
+        self._wait_new_node(set(), deadline)
 
     def add_node(self, num_cpus: float, resources: dict[str, float] | None = None, timeout: float = 120,
                  attempts: int = 2) -> None:
@@ -116,10 +116,13 @@ class LocalRayCluster:
                 path.rename(path.with_name(path.name.replace(label, f"{label}.failed-{attempt}", 1)))
 
     def _wait_new_node(self, seen: set, deadline: float) -> None:
+        """Wait until a node whose id is not in ``seen`` is ALIVE: the one the last ``ray start`` brings up."""
+        index = len(self.nodes) - 1
+        label = "head" if index == 0 else f"node{index}"
         while not [n for n in self.list_nodes() if n.get("state") == "ALIVE" and n.get("node_id") not in seen]:
-            self._check_alive(f"node{len(self.nodes) - 1}")
+            self._check_alive(label)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Ray node {len(self.nodes) - 1} did not register:\n{self._log(len(self.nodes) - 1)}")
+                raise TimeoutError(f"Ray {label} did not register:\n{self._log(index)}")
             time.sleep(1)
 
     def _start(self, label: str, args: list[str], num_cpus: float, resources: dict[str, float] | None) -> None:
@@ -152,13 +155,6 @@ class LocalRayCluster:
         """The end of node ``index``'s `ray start` output (the temp folder is removed by ``stop``)."""
         path = self.root / f"{'head' if index == 0 else f'node{index}'}.log"
         return path.read_text()[-2000:] if path.is_file() else ""
-
-    def _wait_nodes(self, count: int, deadline: float) -> None:
-        while len([n for n in self.list_nodes() if n.get("state") == "ALIVE"]) < count:
-            self._check_alive(f"{count} nodes")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{count} Ray node(s) did not register:\n{self._log(count - 1)}")
-            time.sleep(1)
 
     def stop(self, timeout: float = 20) -> None:
         owned: dict[int, float] = {}

@@ -11,7 +11,7 @@ per-step metrics (advantages, KL to the behaviour policy and to the base model, 
 LoRA mode and seed. ``python -m benchmarks.pooled`` pools several such JSON files over (task set, run seed).
 
     python -m benchmarks.learning --out runs/bench/learning.json          # all five modes, 6 run seeds (0-5)
-    python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10,11,12,13
+    python -m benchmarks.learning --taskset runs/tasksets/distractors-7000-7239.json --seeds 10-13
     python -m benchmarks.learning --env code --modes none,rag,memrl      # HumanEval with SmolLM2 (configs/code-smollm2.yaml)
 
 ``--env code|sql|math`` runs that family's CPU config (``configs/<env>-smollm2.yaml``: SmolLM2-135M-Instruct,
@@ -33,6 +33,23 @@ HELDOUT_SEEDS = [1029, 1164, 1037, 1102, 1057, 1230, 1043, 1078, 1128, 1075, 118
                  1033, 1118, 1124, 1104, 1109, 1089, 1207, 1177]
 
 
+def seed_list(text: str) -> list[int]:
+    """Run seeds from ``--seeds``: comma-separated integers or inclusive ranges (``0-5``, ``6,7,8``, ``0-2,9``)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ValueError(f"--seeds: {part.strip()!r} is not an integer or a range LO-HI") from None
+        if last < first:
+            raise ValueError(f"--seeds: empty range {part.strip()!r}")
+        seeds += range(first, last + 1)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: {text!r} names a seed twice")
+    return seeds
+
+
 def learner_steps(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
     """mode -> seed -> the learner's per-step metrics (advantage, KL to the behaviour policy and to the base model,
     reward, loss, clip fraction, replayed wins)."""
@@ -52,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", choices=["textworld", "code", "sql", "math"], default="textworld",
                    help="task family: the quickstart's TextWorld games, or configs/<env>-smollm2.yaml")
     p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
-    p.add_argument("--seeds", default=None, help="run seeds (default: 0-5 for TextWorld, where the quickstart's 4 "
+    p.add_argument("--seeds", default=None, help="run seeds: 0-5, 6,7,8 or 0-2,9 (default: 0-5 for TextWorld, where the quickstart's 4 "
                                                   "leave lora - none unresolved on some task sets; 0-3 otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
     p.add_argument("--heldout", default=None, help="held-out game seeds ('' = none; default: the quickstart's "
@@ -74,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.env != "textworld" and (args.taskset or args.heldout):
         print("epiq bench learning: --taskset and --heldout are for the TextWorld games", file=sys.stderr)
         return 2
-    if args.seeds is None:
-        args.seeds = "0,1,2,3,4,5" if args.env == "textworld" else "0,1,2,3"
+    try:
+        seeds = seed_list(args.seeds or ("0-5" if args.env == "textworld" else "0-3"))
+    except ValueError as e:
+        print(f"epiq bench learning: {e}", file=sys.stderr)
+        return 2
     heldout = ",".join(map(str, HELDOUT_SEEDS)) if args.heldout is None else args.heldout
-    overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{args.seeds}]",
+    overrides = [f"run.modes=[{args.modes}]", f"rollout.seeds=[{','.join(map(str, seeds))}]",
                  f"run.output_dir={args.out.parent}", f"run.name={name}", f"run.resume={bool(args.resume)}"]
     if args.taskset is not None:
         groups = json.loads(args.taskset.read_text())["groups"]
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     comparison = json.loads((run_dir / "comparison.json").read_text())
     result = {"command": "python -m benchmarks.learning " + " ".join(argv if argv is not None else sys.argv[1:]),
               "config": args.config, "run_dir": str(run_dir), "modes": args.modes.split(","),
-              "seeds": [int(s) for s in args.seeds.split(",")], "wall_s": time.perf_counter() - t0,
+              "seeds": seeds, "wall_s": time.perf_counter() - t0,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "table": summary["table"],
               "plot": summary["plot"], "task_seeds": list(cfg.env.task_seeds),  # the games: what benchmarks.pooled pairs on
               "comparison": comparison, "learner_steps": learner_steps(run_dir)}

@@ -1,6 +1,6 @@
 """The retrieval trace's bookkeeping (benchmarks/retrieval_trace.py) on hand-built episodes."""
 
-from benchmarks.retrieval_trace import solved_before, trace
+from benchmarks.retrieval_trace import missed_own_success, solved_before, trace
 
 
 def _ep(task, epoch, won, seed=0, shown=None, wrote=None):
@@ -28,3 +28,13 @@ def test_trace_names_what_was_shown():
                             "own success": {"episodes": 1, "success": 1.0}}
     # a had a success memory in epochs 1 and 2, with 0 own failures before them: retrieved once of twice
     assert got["own_success_available"] == {0: {"episodes": 2, "picked_own_success": 1, "won": 1}}
+
+
+def test_missed_own_success_names_who_failed_with_the_memory_first():
+    eps = [_ep("a", 0, True, wrote="ma"), _ep("c", 0, True, wrote="mc"), _ep("d", 0, True, wrote="md"),
+           _ep("b", 0, False, shown="ma"),              # another task failed with a's success
+           _ep("c", 1, False, shown="mc"),              # c's own episode failed with c's success
+           _ep("a", 1, False), _ep("c", 2, False), _ep("d", 1, False),
+           _ep("a", 2, True, shown="ma")]               # shown: not a miss
+    assert missed_own_success(eps) == {"other_tasks_failed_with_it": 1, "own_task_failed_with_it": 1,
+                                       "never_failed_in_use": 1}

@@ -131,9 +131,7 @@ class MemoryClient:
         delta = c.delta if delta is None else delta
         lam = c.lam if lam is None else lam
         vec = await asyncio.to_thread(self.embed, query)
-        failure_floor = c.q_floor if c.q_floor_scope == "failures" else None
-        tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta, ef, failure_floor)))
-                 for s in self.shards]
+        tasks = [asyncio.ensure_future(_as_future(s.search.remote(vec, k1, delta, ef))) for s in self.shards]
         done, _ = await asyncio.wait(tasks, timeout=c.shard_timeout_s) if tasks else (set(), set())
         answers, missing = [], []
         for i, t in enumerate(tasks):
@@ -174,8 +172,7 @@ class MemoryClient:
     def _finish(self, answers: list, missing: list[int], k1: int, k2: int, lam: float) -> Retrieval:
         c = self.cfg
         pool = merge_candidates(answers, k1)
-        q_floor = c.q_floor if c.q_floor_scope == "pool" else None  # 'failures': the shards already applied it
-        records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=q_floor, epsilon=c.epsilon,
+        records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
                                        q_clip=c.q_clip, rng=self.rng)
         version = int(retry_idempotent(lambda: self.redis.hget(keys.meta_key(c.namespace), "version"), "version") or 0)
         return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing, version)

@@ -32,7 +32,6 @@ class MemoryConfig:
     q_init: float = doc(0.0, "Q of a newly written memory (of a success memory when q_init_failure is set).")
     q_init_failure: float | None = doc(None, "Q of a new memory written by a failed episode; null = q_init (as published). Setting it to q_init + alpha * (reward_failure - q_init) counts the writing episode as the memory's first (failed) use.")
     q_floor: float | None = doc(None, "Phase B drops candidates with Q below this; null = no floor.")
-    q_floor_scope: Literal["pool", "failures"] = doc("pool", "What q_floor drops. 'pool' (the MemRL code): every candidate of the Phase A pool with Q below the floor. 'failures': only failure memories, and before Phase A's top k1, so a floored failure takes no candidate slot; a success memory is never floored (other tasks' failures can drive its Q below the floor while it is still its own task's route: README, 'Learning').")
     epsilon: float = doc(0.0, "Probability of an ε-greedy exploration pick in Phase B.")
     capacity: int = doc(100_000, "Maximum memories per namespace; beyond it the lowest-value memories are evicted.")
     evict_age_weight: float = doc(0.1, "Eviction value = Q - evict_age_weight * age in days (0 = by utility only).")

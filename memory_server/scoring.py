@@ -1,8 +1,7 @@
 """MemRL retrieval scores and the utility update: pure numpy, no I/O.
 
 Owns: Phase A (similarity gate δ + top-k1), Phase B (z-scored similarity and Q, Q floor, ε-greedy,
-top-k2), the failures-only floor a shard applies before its top-k1 (``floored_failures``) and
-Q <- Q + α(r - Q). Shards run Phase A on their own memories (their index applies δ and k1); the
+top-k2) and Q <- Q + α(r - Q). Shards run Phase A on their own memories (their index applies δ and k1); the
 router merges the shards' answers into the global top-k1 by similarity (``client.merge_candidates``) and runs
 Phase B on that pool. Indices returned are positions in the arrays passed in.
 
@@ -11,8 +10,6 @@ Phase B on that pool. Indices returned are positions in the arrays passed in.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -86,11 +83,6 @@ def phase_b(sims: np.ndarray, qs: np.ndarray, lam: float, k2: int, q_floor: floa
     chosen = np.array(picks, dtype=np.int64)
     chosen = chosen[np.lexsort((pool[chosen], -sims[pool[chosen]], -key[chosen]))]
     return pool[chosen].astype(np.int64), scores[chosen]
-
-
-def floored_failures(kinds: Sequence[str], qs: np.ndarray, q_floor: float) -> np.ndarray:
-    """``memory.q_floor_scope: failures``: which memories the floor drops (failure memories with Q < floor)."""
-    return (np.asarray(kinds) == "failure") & (np.asarray(qs, dtype=np.float64) < q_floor)
 
 
 def q_update(q: float | np.ndarray, reward: float, alpha: float) -> float | np.ndarray:

@@ -28,7 +28,7 @@ import redis
 
 from common.redis_conn import connect, retry_idempotent
 from common.streams import StreamConsumer, field_decoder
-from memory_server import keys, scoring
+from memory_server import keys
 from memory_server.index import VectorIndex, make_index
 from memory_server.records import MemoryRecord, RewardEvent, check_embedding, decode_reward_event, encode_reward_event
 from memory_server.store import MemoryStore
@@ -102,24 +102,15 @@ class MemoryShard:
             self.index = make_index(self.index_kind, dim, **self.index_params)  # type: ignore[arg-type]
         return self.index
 
-    def search(self, query: np.ndarray, k1: int, delta: float, ef: int | None = None,
-               failure_floor: float | None = None) -> list[tuple[float, MemoryRecord]]:
+    def search(self, query: np.ndarray, k1: int, delta: float, ef: int | None = None) -> list[tuple[float, MemoryRecord]]:
         """Phase A on this shard: up to ``k1`` memories with cosine > δ, best first, with their current Q.
-        ``ef``: the approximate index's query beam for this call (None = ``memory.hnsw_ef_search``);
-        ``failure_floor`` (``memory.q_floor_scope: failures``): failure memories with Q below it are not candidates
-        (the search looks past them, so they take none of the k1 places)."""
+        ``ef``: the approximate index's query beam for this call (None = ``memory.hnsw_ef_search``)."""
         with self._lock:
             if self.index is None or len(self.index) == 0:
                 return []
             query = check_embedding(query, self.index.dim)
-            floored: set[str] = set()
-            if failure_floor is not None:
-                recs = list(self.records.values())
-                mask = scoring.floored_failures([r.kind for r in recs], np.array([r.q for r in recs]), failure_floor)
-                floored = {r.id for r, m in zip(recs, mask) if m}
-            ids, sims = self.index.search(query, min(k1 + len(floored), len(self.index)), ef)
-            hits = [(float(s), self.records[i]) for i, s in zip(ids, sims) if s > delta and i not in floored]
-            return hits[:k1]
+            ids, sims = self.index.search(query, k1, ef)
+            return [(float(s), self.records[i]) for i, s in zip(ids, sims) if s > delta]
 
     def add(self, records: Sequence[MemoryRecord]) -> list[str]:
         """Write new memories (Redis first, then the index); returns the ids written."""

@@ -401,35 +401,3 @@ def test_one_bad_record_does_not_stop_a_shard_from_starting(redis_url: str) -> N
     skewed.id, skewed.embedding = "m-skewed", skewed.embedding * 2
     with pytest.raises(EmbeddingError, match="norm"):
         store.add([skewed])
-
-
-@pytest.mark.parametrize("scope", ["pool", "failures"])
-def test_q_floor_scope_failures_keeps_a_task_s_own_success(ray_session, redis_url: str, scope: str) -> None:
-    """memory.q_floor_scope: a task's own success whose Q other tasks' failures drove below the floor, and more
-    of the task's failures (same intent, so the same similarity) than Phase A keeps. 'pool' (the MemRL code)
-    injects nothing: the floor drops the success with the failures. 'failures' looks past the floored failures
-    (none of them takes a Phase A place) and injects the success."""
-    ray = ray_session
-    ns = f"floor-{scope}"
-    cfg = MemoryConfig(namespace=ns, shards=1, k1=3, k2=1, delta=0.3, q_floor=0.0, q_floor_scope=scope)
-    handles = start_shards(cfg, redis_url)
-    mem = MemoryClient(handles, redis_url, cfg)
-    own = _records(1, ns)[0].embedding
-    other = _records(2, ns, seed=1)[1].embedding
-    prov = Provenance("ep-writer", "task-0", "test", "tiny", 0, "test", [])
-
-    def rec(i: int, kind: str, q: float, vec: np.ndarray) -> MemoryRecord:
-        return MemoryRecord(namespace=ns, intent="the task", embedding=vec, experience=f"script {i}", kind=kind,
-                            provenance=prov, id=f"m{i:04d}", q=q)
-
-    records = [rec(i, "failure", -0.3, own) for i in range(4)]
-    records += [rec(4, "success", -0.5, own), rec(5, "failure", -0.3, other)]
-    mem.add_blocking(records)
-    got = mem.retrieve_blocking(own)
-    if scope == "pool":
-        assert got.ids == [] and len(got.pool) == 3
-    else:
-        assert got.ids == ["m0004"] and got.pool[0] == "m0004"
-        assert not {"m0000", "m0001", "m0002", "m0003"} & set(got.pool)
-    for h in handles:
-        ray.kill(h, no_restart=True)

@@ -141,10 +141,3 @@ def test_the_client_embeds_a_text_once_and_shares_a_read_only_vector():
     assert a is b and calls == [["go to the kitchen"]] and not a.flags.writeable
     client_mod.MemoryClient.embed(me, "another task")
     assert len(calls) == 2
-
-
-def test_floored_failures_only_drops_failure_memories_below_the_floor():
-    from memory_server.scoring import floored_failures
-
-    mask = floored_failures(["failure", "failure", "success", "success"], np.array([-0.3, 0.0, -0.9, 0.5]), 0.0)
-    assert mask.tolist() == [True, False, False, False]

@@ -58,13 +58,22 @@ def merge_candidates(per_shard: Sequence[Sequence[tuple[float, MemoryRecord]]], 
 
 
 def select(pool: list[tuple[float, MemoryRecord]], *, lam: float, k2: int, q_floor: float | None,
-           epsilon: float, q_clip: float, rng: np.random.Generator | None) -> tuple[list[MemoryRecord], list[float], list[float]]:
-    """Phase B over the merged pool: returns (records, scores, sims) best first."""
+           epsilon: float, q_clip: float, rng: np.random.Generator | None,
+           own_success_sim: float | None = None) -> tuple[list[MemoryRecord], list[float], list[float]]:
+    """Phase B over the merged pool: returns (records, scores, sims) best first.
+
+    With ``own_success_sim`` set, a success memory at cosine >= it to the query (the query's own task) passes the
+    Q floor whatever its Q: other tasks' failures with it hide it from them, not from the task that wrote it.
+    """
     if not pool:
         return [], [], []
     sims = np.array([s for s, _ in pool], dtype=np.float64)
     qs = np.array([r.q for _, r in pool], dtype=np.float64)
-    idx, scores = scoring.phase_b(sims, qs, lam, k2, q_floor=q_floor, epsilon=epsilon, rng=rng, q_clip=q_clip)
+    keep = None
+    if own_success_sim is not None:
+        keep = np.array([s >= own_success_sim and r.kind == "success" for s, r in pool], dtype=bool)
+    idx, scores = scoring.phase_b(sims, qs, lam, k2, q_floor=q_floor, epsilon=epsilon, rng=rng, q_clip=q_clip,
+                                  keep=keep)
     return [pool[i][1] for i in idx], [float(s) for s in scores], [float(sims[i]) for i in idx]
 
 
@@ -173,7 +182,7 @@ class MemoryClient:
         c = self.cfg
         pool = merge_candidates(answers, k1)
         records, scores, sims = select(pool, lam=lam, k2=k2, q_floor=c.q_floor, epsilon=c.epsilon,
-                                       q_clip=c.q_clip, rng=self.rng)
+                                       q_clip=c.q_clip, rng=self.rng, own_success_sim=c.own_success_sim)
         version = int(retry_idempotent(lambda: self.redis.hget(keys.meta_key(c.namespace), "version"), "version") or 0)
         return Retrieval(uuid.uuid4().hex, records, scores, sims, [r.id for _, r in pool], missing, version)
 

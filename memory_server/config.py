@@ -32,6 +32,7 @@ class MemoryConfig:
     q_init: float = doc(0.0, "Q of a newly written memory (of a success memory when q_init_failure is set).")
     q_init_failure: float | None = doc(None, "Q of a new memory written by a failed episode; null = q_init (as published). Setting it to q_init + alpha * (reward_failure - q_init) counts the writing episode as the memory's first (failed) use.")
     q_floor: float | None = doc(None, "Phase B drops candidates with Q below this; null = no floor.")
+    own_success_sim: float | None = doc(None, "A success memory at cosine >= this to the query (the same task's intent: 0.99 when intents repeat verbatim) passes q_floor whatever its Q, so other tasks' failures with it cannot hide it from its own task; null = the floor applies to every memory (as published).")
     epsilon: float = doc(0.0, "Probability of an ε-greedy exploration pick in Phase B.")
     capacity: int = doc(100_000, "Maximum memories per namespace; beyond it the lowest-value memories are evicted.")
     evict_age_weight: float = doc(0.1, "Eviction value = Q - evict_age_weight * age in days (0 = by utility only).")
@@ -56,6 +57,8 @@ class MemoryConfig:
         check(-1.0 <= self.delta <= 1.0, "delta", f"must be in [-1, 1], got {self.delta}")
         check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
         check(0.0 < self.alpha <= 1.0, "alpha", f"must be in (0, 1], got {self.alpha}")
+        check(self.own_success_sim is None or -1.0 <= self.own_success_sim <= 1.0, "own_success_sim",
+              f"must be in [-1, 1] or null, got {self.own_success_sim}")
         check(0.0 <= self.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {self.epsilon}")
         check(self.k2 <= self.k1, "k2", f"must be <= k1 ({self.k1}), got {self.k2}")
         try:

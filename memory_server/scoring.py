@@ -44,10 +44,11 @@ def phase_a(sims: np.ndarray, delta: float, k1: int) -> np.ndarray:
 
 def phase_b(sims: np.ndarray, qs: np.ndarray, lam: float, k2: int, q_floor: float | None = None,
             epsilon: float = 0.0, rng: np.random.Generator | None = None,
-            q_clip: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+            q_clip: float = 3.0, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Value-aware re-ranking of a candidate pool; returns (indices into the pool, their scores).
 
-    1. Drop candidates with Q < ``q_floor`` (when set); z-scores are taken over the candidates that remain.
+    1. Drop candidates with Q < ``q_floor`` (when set), except those ``keep`` marks (a boolean mask, e.g. the
+       query's own task's success: ``memory.own_success_sim``); z-scores are taken over the candidates that remain.
     2. score = (1 - λ)·z(sim) + λ·clip(z(Q), ±q_clip); keep the top ``k2`` (ties, up to 1e-12:
        higher sim, then lower index).
     3. ε-greedy, per slot: each of the k2 picks is, with probability ε, replaced by a candidate drawn
@@ -67,7 +68,13 @@ def phase_b(sims: np.ndarray, qs: np.ndarray, lam: float, k2: int, q_floor: floa
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     pool = np.arange(sims.size)
     if q_floor is not None:
-        pool = pool[qs >= q_floor]
+        kept = qs >= q_floor
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool)
+            if keep.shape != qs.shape:
+                raise ValueError(f"keep must have the pool's shape {qs.shape}, got {keep.shape}")
+            kept |= keep
+        pool = pool[kept]
     if pool.size == 0 or k2 <= 0:
         return _EMPTY_IDX, np.zeros(0)
     z_q = np.clip(zscore(qs[pool]), -q_clip, q_clip)

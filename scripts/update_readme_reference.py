@@ -1,4 +1,4 @@
-"""Regenerate the README's config reference (everything after its marker line) from cluster/config.py.
+"""Regenerate docs/config.md's key tables (everything from its first section heading on) from the config dataclasses.
 
     .venv/bin/python scripts/update_readme_reference.py
 """
@@ -7,12 +7,11 @@ from pathlib import Path
 
 from cluster.config import reference_markdown
 
-MARKER = "Generated from the dataclasses in `cluster/config.py` (`epiq config --reference`); a test keeps it current.\n\n"
-
-readme = Path(__file__).resolve().parents[1] / "README.md"
-text = readme.read_text()
-head, sep, _ = text.partition(MARKER)
+doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+text = doc.read_text()
+head, sep, _ = text.partition("\n### ")
 if not sep:
-    raise SystemExit(f"{readme}: marker line not found")
-readme.write_text(head + MARKER + reference_markdown().strip() + "\n")
-print(f"updated {readme}")
+    raise SystemExit(f"{doc}: no '### ' section heading found")
+ref = reference_markdown().strip()
+doc.write_text(head + "\n" + ref[ref.index("### "):] + "\n")
+print(f"updated {doc}")

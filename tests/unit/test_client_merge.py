@@ -8,8 +8,8 @@ from memory_server.client import merge_candidates, select
 from memory_server.records import MemoryRecord, Provenance
 
 
-def _rec(i: int, q: float) -> MemoryRecord:
-    return MemoryRecord(namespace="t", intent=f"i{i}", embedding=np.ones(4, np.float32) / 2, experience="e", kind="success",
+def _rec(i: int, q: float, kind: str = "success") -> MemoryRecord:
+    return MemoryRecord(namespace="t", intent=f"i{i}", embedding=np.ones(4, np.float32) / 2, experience="e", kind=kind,
                         provenance=Provenance("ep", "t", "env", "m", 0, "w"), id=f"m{i}", q=q)
 
 
@@ -37,3 +37,16 @@ def test_select_q_floor_drops_low_utility_memories() -> None:
     pool = [(0.9, _rec(1, -0.8)), (0.8, _rec(2, 0.2)), (0.7, _rec(3, 0.1))]
     recs, _, _ = select(pool, lam=0.5, k2=3, q_floor=0.0, epsilon=0.0, q_clip=3.0, rng=None)
     assert {r.id for r in recs} == {"m2", "m3"}
+
+
+def test_own_success_sim_keeps_the_tasks_own_success_below_the_floor_and_nothing_else() -> None:
+    pool = [(1.0, _rec(1, -0.5)),              # the task's own success, driven below the floor by other tasks
+            (1.0, _rec(2, -0.3, "failure")),   # the task's own failure: still floored
+            (0.93, _rec(3, -0.2)),             # a sibling's success below the floor: still floored
+            (0.9, _rec(4, 0.4))]               # a sibling's success above it
+    recs, _, _ = select(pool, lam=0.5, k2=3, q_floor=0.0, epsilon=0.0, q_clip=3.0, rng=None)
+    assert [r.id for r in recs] == ["m4"]  # as published: the floor hides the task's own success
+    recs, _, _ = select(pool, lam=0.5, k2=3, q_floor=0.0, epsilon=0.0, q_clip=3.0, rng=None, own_success_sim=0.99)
+    assert {r.id for r in recs} == {"m1", "m4"}
+    recs, _, _ = select(pool, lam=0.5, k2=3, q_floor=None, epsilon=0.0, q_clip=3.0, rng=None, own_success_sim=0.99)
+    assert len(recs) == 3  # no floor: nothing to exempt from

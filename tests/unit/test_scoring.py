@@ -69,6 +69,15 @@ def test_q_floor_drops_before_scoring():
     assert phase_b(sims, qs, lam=0.5, k2=3, q_floor=1.0)[0].size == 0
 
 
+def test_q_floor_spares_the_candidates_keep_marks():
+    sims, qs = np.array([0.9, 0.8, 0.7]), np.array([-0.5, -0.4, 0.6])
+    idx, scores = phase_b(sims, qs, lam=0.5, k2=3, q_floor=0.0, keep=np.array([True, False, False]))
+    assert set(idx.tolist()) == {0, 2}  # 1 is floored, 0 is kept below the floor
+    np.testing.assert_allclose(sorted(scores), [0.0, 0.0], atol=1e-15)  # z over the two that remain
+    with pytest.raises(ValueError, match="keep"):
+        phase_b(sims, qs, lam=0.5, k2=3, q_floor=0.0, keep=np.array([True]))
+
+
 def test_q_z_score_is_clipped_at_three():
     qs = np.zeros(20)
     qs[7] = 1.0  # z = 0.95 / sqrt(0.0475) = 4.36 before clipping

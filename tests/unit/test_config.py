@@ -116,7 +116,7 @@ def test_every_field_is_documented_in_the_reference() -> None:
 
 def test_config_reference_is_current() -> None:
     doc = (ROOT / "docs" / "config.md").read_text()
-    assert reference_markdown().strip() in doc, "docs/config.md is stale: regenerate it with `epiq config --reference`"
+    assert reference_markdown().strip() in doc, "docs/config.md is stale: regenerate it with `python scripts/update_config_reference.py`"
     assert "docs/config.md" in (ROOT / "README.md").read_text()
 
 

@@ -1,6 +1,6 @@
 """Regenerate docs/config.md's key tables (everything from its first section heading on) from the config dataclasses.
 
-    .venv/bin/python scripts/update_readme_reference.py
+    .venv/bin/python scripts/update_config_reference.py
 """
 
 from pathlib import Path
@@ -8,10 +8,8 @@ from pathlib import Path
 from cluster.config import reference_markdown
 
 doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-text = doc.read_text()
-head, sep, _ = text.partition("\n### ")
+head, sep, _ = doc.read_text().partition("\n### ")
 if not sep:
     raise SystemExit(f"{doc}: no '### ' section heading found")
-ref = reference_markdown().strip()
-doc.write_text(head + "\n" + ref[ref.index("### "):] + "\n")
+doc.write_text(head + "\n" + reference_markdown().strip() + "\n")
 print(f"updated {doc}")

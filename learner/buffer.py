@@ -62,6 +62,7 @@ class TrainTrajectory:
     seed: int
     reward: float
     turns: list[TrainTurn] = field(default_factory=list)
+    memories_shown: int = 0  # memories injected into the episode's prompts (``learner.memory_guided``)
 
     def __post_init__(self) -> None:
         if not self.episode_id:
@@ -79,6 +80,8 @@ class TrainTrajectory:
                 raise ValueError(f"turn {i}: logprobs must be finite and <= 0")
             if t.adapter_version < 0:
                 raise ValueError(f"turn {i}: adapter version {t.adapter_version} < 0")
+        if self.memories_shown < 0:
+            raise ValueError(f"memories_shown must be >= 0, got {self.memories_shown}")
 
     @property
     def version(self) -> int:
@@ -90,7 +93,8 @@ class TrainTrajectory:
         """From an ``actors.agent.Trajectory`` (turns whose output is empty are left out: nothing to train on)."""
         turns = [TrainTurn(list(t.prompt_ids), list(t.output_ids), list(t.logprobs), int(t.adapter_version))
                  for t in traj.turns if t.output_ids]
-        return cls(traj.episode_id, traj.task_id, int(traj.epoch), int(traj.seed), float(traj.reward), turns)
+        return cls(traj.episode_id, traj.task_id, int(traj.epoch), int(traj.seed), float(traj.reward), turns,
+                   len(getattr(traj, "retrieved_ids", None) or []))
 
 
 def encode_trajectory(t: TrainTrajectory) -> bytes:
@@ -99,7 +103,8 @@ def encode_trajectory(t: TrainTrajectory) -> bytes:
               "logprobs": encode_array(np.asarray(x.logprobs, dtype="<f8")),
               "version": int(x.adapter_version)} for x in t.turns]
     return pack("trajectory", {"episode_id": t.episode_id, "task_id": t.task_id, "epoch": int(t.epoch),
-                                "seed": int(t.seed), "reward": float(t.reward), "turns": turns})
+                                "seed": int(t.seed), "reward": float(t.reward), "turns": turns,
+                                "shown": int(t.memories_shown)})
 
 
 def _ids(obj: dict, name: str, what: str) -> list[int]:
@@ -122,10 +127,11 @@ def decode_trajectory(data: bytes) -> TrainTrajectory:
             raise WireError(f"turn {i}: logprobs must be a 1-D <f8 array")
         turns.append(TrainTurn(_ids(tobj, "prompt", f"turn {i}"), _ids(tobj, "output", f"turn {i}"), lp.tolist(),
                                field_of(tobj, "version", int, f"turn {i}")))
+    shown = field_of(obj, "shown", int, what) if "shown" in obj else 0  # absent in entries written before it
     try:
         return TrainTrajectory(field_of(obj, "episode_id", str, what), field_of(obj, "task_id", str, what),
                                field_of(obj, "epoch", int, what), field_of(obj, "seed", int, what),
-                               field_of(obj, "reward", float, what), turns)
+                               field_of(obj, "reward", float, what), turns, shown)
     except ValueError as e:  # __post_init__ checks
         raise WireError(f"{what}: {e}") from None
 

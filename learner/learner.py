@@ -51,6 +51,16 @@ def group_key(t: TrainTrajectory, group_size: int) -> str:
     return t.task_id if group_size <= 1 else f"{t.task_id}@{t.epoch}"
 
 
+def trainable(trajs: list[TrainTrajectory], memory_guided: str) -> list[TrainTrajectory]:
+    """The trajectories of a step that get gradients: all of them (``learner.memory_guided`` = train), or those
+    whose prompts showed no retrieved memory (skip; the step still counts and commits the others)."""
+    if memory_guided == "train":
+        return list(trajs)
+    if memory_guided == "skip":
+        return [t for t in trajs if not t.memories_shown]
+    raise ValueError(f"learner.memory_guided must be 'train' or 'skip', got {memory_guided!r}")
+
+
 class SelfImitationMemory:
     """What ``learner.replay`` draws from: each task's mean reward over the trajectories trained on (the baseline)
     and the latest ``capacity`` trajectories that beat their task's baseline when they were trained on."""
@@ -205,14 +215,15 @@ class Learner:
         trajs, entries, dropped = self._gate(batch)  # 2. staleness gate
         if not trajs:
             return {"trajectories": 0, "dropped_stale": dropped, "version": self.version, "step": self.step_no}
-        self.replay.observe(trajs)  # task baselines, then past trajectories that beat them (learner.replay)
+        train = trainable(trajs, self.cfg.memory_guided)  # the step counts all of them; these get gradients
+        self.replay.observe(train)  # task baselines, then past trajectories that beat them (learner.replay)
         replayed = self.replay.sample(self.cfg.replay)
         with timer("prox"):  # 3. advantages, sequences, proximal (and reference) logprobs
-            prep = self._prepare(trajs, replayed)
+            prep = self._prepare(train, replayed)
         with timer("train"):  # 4. decoupled PPO updates
-            sums, grad_norms = self._update(prep)
+            sums, grad_norms = self._update(prep) if prep.seqs else (Counter(), [])
         if self.cfg.replay:
-            self.replay.remember(trajs)
+            self.replay.remember(train)
         self._record_step(trajs, entries)
         saved_at = time.perf_counter()
         with timer("checkpoint"):  # 5. save the adapter if due, checkpoint + commit, then serve it on the engines
@@ -220,6 +231,7 @@ class Learner:
         latency = self._announce(publish, since=saved_at)
         metrics = self._metrics(trajs, prep, sums, grad_norms, dropped, publish, latency, timer,
                                 time.perf_counter() - started)
+        metrics["skipped_guided"] = len(trajs) - len(train)
         self.last_metrics = metrics
         with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -355,7 +367,8 @@ class Learner:
             "sequences": len(prep.seqs), "tokens": int(sums["tokens"]) // self.cfg.update_epochs, "loss": sums["loss"],
             "kl_behav": sums["kl_sum"] / tokens, "kl_ref": sums["kl_ref_sum"] / tokens,
             "clip_frac": sums["clipped"] / tokens, "behav_weight": sums["weight_sum"] / tokens,
-            "grad_norm": max(grad_norms or [0.0]), "advantage_abs": float(prep.adv[:prep.n_fresh].abs().mean()),
+            "grad_norm": max(grad_norms or [0.0]),
+            "advantage_abs": float(prep.adv[:prep.n_fresh].abs().mean()) if prep.n_fresh else 0.0,
             "replayed": len(prep.per_traj) - prep.n_fresh,
             "replay_advantage": float(prep.adv[prep.n_fresh:].mean()) if len(prep.per_traj) > prep.n_fresh else 0.0,
             "reward_mean": sum(t.reward for t in trajs) / len(trajs),

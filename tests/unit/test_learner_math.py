@@ -289,3 +289,29 @@ def test_self_imitation_memory_keeps_and_replays_only_what_beat_its_task() -> No
     assert 0 < memory.baseline("a") < 1 and len(memory.sample(5)) == 3
     memory.observe([traj("b", -1.0, 8)])
     assert memory.sample(5) and all(t.task_id == "a" for t in memory.sample(5))
+
+
+def test_memories_shown_travels_and_older_entries_read_as_none_shown() -> None:
+    traj = Trajectory("ep", "task", 2, 1, won=True, reward=1.0, turns=[Turn([1, 2], [3], [-0.5], 4, "go", "ok")],
+                      retrieved_ids=["m1", "m2"])
+    t = TrainTrajectory.from_trajectory(traj)
+    assert t.memories_shown == 2 and decode_trajectory(encode_trajectory(t)) == t
+    obj = msgpack.unpackb(encode_trajectory(_traj()), raw=False)
+    del obj["shown"]  # an entry put before the field existed
+    assert decode_trajectory(msgpack.packb(obj, use_bin_type=True)).memories_shown == 0
+    with pytest.raises(WireError, match="memories_shown must be >= 0"):
+        decode_trajectory(_mutated(shown=-1))
+    with pytest.raises(WireError, match="'shown' must be int"):
+        decode_trajectory(_mutated(shown="two"))
+
+
+def test_memory_guided_skip_trains_only_episodes_no_memory_guided() -> None:
+    from learner.learner import trainable
+
+    guided = TrainTrajectory("a", "t", 0, 0, 1.0, [TrainTurn([1], [2], [-0.1], 0)], memories_shown=1)
+    alone = TrainTrajectory("b", "t", 0, 0, 0.0, [TrainTurn([1], [2], [-0.1], 0)])
+    assert trainable([guided, alone], "train") == [guided, alone]
+    assert trainable([guided, alone], "skip") == [alone]
+    assert trainable([guided], "skip") == []
+    with pytest.raises(ValueError, match="memory_guided"):
+        trainable([alone], "sometimes")

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", choices=["textworld", "code", "sql", "math"], default="textworld",
                    help="task family: the quickstart's TextWorld games, or configs/<env>-smollm2.yaml")
     p.add_argument("--modes", default="none,rag,memrl,lora,memory+lora")
-    p.add_argument("--seeds", default=None, help="run seeds: 0-5, 6,7,8 or 0-2,9 (default: 0-5 for TextWorld, where the quickstart's 4 "
-                                                  "leave lora - none unresolved on some task sets; 0-3 otherwise)")
+    p.add_argument("--seeds", default=None, help="run seeds: 0-5, 6,7,8 or 0-2,9 (default: 0-5 for TextWorld, the quickstart's seeds; "
+                                                  "0-3 otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="override rollout.epochs")
     p.add_argument("--heldout", default=None, help="held-out game seeds ('' = none; default: the quickstart's "
                                                    "groups 6-10, or the task set's)")

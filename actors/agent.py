@@ -44,14 +44,17 @@ class EpisodeSettings:
     reflection_tokens: int = 48  # agent.reflection_tokens
     env_name: str = ""  # env.name, recorded in a memory's provenance
     model_id: str = ""  # llm.model, recorded in a memory's provenance
+    adapter_with_memory_only: bool = False  # learner.memory_guided = only: no memory shown -> the base model plays
 
     @classmethod
-    def from_sections(cls, llm: LLMConfig, env: EnvConfig, agent: AgentConfig, memory: MemoryConfig) -> EpisodeSettings:
+    def from_sections(cls, llm: LLMConfig, env: EnvConfig, agent: AgentConfig, memory: MemoryConfig,
+                      adapter_with_memory_only: bool = False) -> EpisodeSettings:
         return cls(style=agent.style_for(llm.model), max_steps=env.max_steps, history=agent.history,
                    max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, top_p=llm.top_p,
                    prompt_budget=llm.max_model_len - llm.max_new_tokens - 8, reward_success=memory.reward_success,
                    reward_failure=memory.reward_failure, experience_writer=agent.experience_writer,
-                   reflection_tokens=agent.reflection_tokens, env_name=env.name, model_id=llm.model)
+                   reflection_tokens=agent.reflection_tokens, env_name=env.name, model_id=llm.model,
+                   adapter_with_memory_only=adapter_with_memory_only)
 
 
 @dataclass
@@ -156,7 +159,8 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                 traj.retrieved_ids, traj.retrieval_scores = got.ids[:shown], got.scores[:shown]
                 traj.retrieval_pool, traj.memory_version = len(got.pool), got.memory_version
 
-            # 2. act until done or out of steps
+            # 2. act until done or out of steps (with the adapter, unless it is kept for memory-guided episodes)
+            adapter = not (st.adapter_with_memory_only and not traj.retrieved_ids)
             reply = obs.reply
             use_chat = chat is not None and st.style == "full"
             task_text = f"Task: {obs.goal.strip()}\n{obs.text.strip()}" if reply == "command" else obs.text
@@ -174,7 +178,7 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                                           count_tokens, st.prompt_budget, step=step_no)
                 with timer("llm"):
                     gen = await llm.generate(prompt, max_tokens=st.max_new_tokens, temperature=st.temperature,
-                                             top_p=st.top_p, stop=STOPS.get(reply))
+                                             top_p=st.top_p, stop=STOPS.get(reply), adapter=adapter)
                 action = parse_reply(reply, gen.text, admissible, entry_point=obs.info.get("entry_point"))
                 with timer("env"):
                     step = await env.step(action)
@@ -198,7 +202,8 @@ async def run_episode(spec: EpisodeSpec, env: AsyncEnv, llm: LLMClient, memory: 
                 if not traj.won and st.experience_writer == "llm":
                     with timer("llm"):
                         gen = await llm.generate(reflection_prompt(obs.goal, traj.actions, observation),
-                                                 max_tokens=st.reflection_tokens, temperature=0.0, stop=["\n"])
+                                                 max_tokens=st.reflection_tokens, temperature=0.0, stop=["\n"],
+                                                 adapter=adapter)
                     lesson = gen.text
                 with timer("memory"):
                     if traj.retrieved_ids:

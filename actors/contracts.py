@@ -37,7 +37,9 @@ class LLMClient(Protocol):
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
                        top_p: float = 1.0, stop: list[str] | None = None,
-                       choices: list[str] | None = None, min_tokens: int = 0) -> GenerationResult: ...
+                       choices: list[str] | None = None, min_tokens: int = 0,
+                       adapter: bool = True) -> GenerationResult: ...
+    # adapter=False: the base model answers even when a LoRA adapter is served (adapter_version 0)
 
 
 class MemoryAPI(Protocol):

@@ -64,9 +64,11 @@ class LLMEngine:
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
                        top_p: float = 1.0, stop: list[str] | None = None,
-                       choices: list[str] | None = None, min_tokens: int = 0) -> GenerationResult:
+                       choices: list[str] | None = None, min_tokens: int = 0,
+                       adapter: bool = True) -> GenerationResult:
         """Run one request to completion; ``choices`` forces the output to be exactly one of them;
-        ``min_tokens`` suppresses end and stop tokens until that many are out (benchmarks replay exact lengths)."""
+        ``min_tokens`` suppresses end and stop tokens until that many are out (benchmarks replay exact lengths);
+        ``adapter`` False: the base model, whatever adapter is served."""
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         structured = None
@@ -78,7 +80,8 @@ class LLMEngine:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                                 min_tokens=min_tokens, logprobs=0, structured_outputs=structured, output_kind=RequestOutputKind.FINAL_ONLY)
         request = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
-        version, lora = self.adapter_version, self._lora  # bound now: a later publish does not affect this request
+        # bound now: a later publish does not affect this request
+        version, lora = (self.adapter_version, self._lora) if adapter else (0, None)
         self._outstanding += 1
         try:
             final = None
@@ -154,13 +157,14 @@ class LLMPool:
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
                        top_p: float = 1.0, stop: list[str] | None = None,
-                       choices: list[str] | None = None, min_tokens: int = 0) -> GenerationResult:
+                       choices: list[str] | None = None, min_tokens: int = 0,
+                       adapter: bool = True) -> GenerationResult:
         """Send one request to the least busy engine and return its result."""
         i = self._pick()
         self._outstanding[i] += 1
         try:
             return await self.handles[i].generate.remote(prompt, max_tokens, temperature, top_p, stop, choices,
-                                                         min_tokens)
+                                                         min_tokens, adapter)
         finally:
             self._outstanding[i] -= 1
 

@@ -161,9 +161,11 @@ class OpenAIClient:
 
     async def generate(self, prompt: str | list[int], max_tokens: int = 16, temperature: float = 0.0,
                        top_p: float = 1.0, stop: list[str] | None = None,
-                       choices: list[str] | None = None, min_tokens: int = 0) -> GenerationResult:
+                       choices: list[str] | None = None, min_tokens: int = 0,
+                       adapter: bool = True) -> GenerationResult:
         """One completion. ``choices``: the returned text is exactly one of them (see the module docstring).
         ``min_tokens`` (vLLM servers only; ignored elsewhere) suppresses the end until that many tokens are out.
+        ``adapter`` is accepted for the contract; this backend serves no adapter, so every answer is the base model's.
 
         ``logprobs`` holds one log-probability per generated token when the server returns them, else ``[]``;
         ``prompt_token_ids`` / ``output_token_ids`` are filled on vLLM, else ``[]`` (for a token-id prompt the

@@ -38,7 +38,8 @@ class RolloutWorker:
 
     def __init__(self, llm: LLMConfig, env: EnvConfig, agent: AgentConfig, memory: MemoryConfig, model_path: str,
                  engines: list[Any] | None, shards: list[Any] | None, redis_url: str | None, worker_id: int = 0,
-                 trajectory_stream: str | None = None, cache_dir: str = ".cache") -> None:
+                 trajectory_stream: str | None = None, cache_dir: str = ".cache",
+                 adapter_with_memory_only: bool = False) -> None:
         self.env_cfg, self.cache_dir, self.model_path, self.worker_id = env, cache_dir, model_path, worker_id
         self.llm_cfg, self.agent_cfg = llm, agent
         self.writer = f"rollout-{worker_id}"
@@ -46,15 +47,17 @@ class RolloutWorker:
         self.llm = _make_llm(llm, engines)
         self.count_tokens, self.chat = _tokenizer_tools(model_path)
         self._embedders: dict[str, Any] = {}  # embedder name -> loaded model, kept across attach calls
-        self.attach(memory, shards, redis_url, trajectory_stream)
+        self.attach(memory, shards, redis_url, trajectory_stream, adapter_with_memory_only)
 
     def attach(self, memory: MemoryConfig, shards: list[Any] | None, redis_url: str | None,
-               trajectory_stream: str | None = None) -> None:
+               trajectory_stream: str | None = None, adapter_with_memory_only: bool = False) -> None:
         """Point the worker at one run's memory (config, namespace shards) and learner stream: what differs between
         the seeds and modes of a job. The tokenizer and the embedder stay loaded, so a job re-attaches its rollout
         actors instead of starting new ones (a start loads both: about 12 s on 2 cores). Call it with no episode
-        in flight."""
-        self.settings = EpisodeSettings.from_sections(self.llm_cfg, self.env_cfg, self.agent_cfg, memory)
+        in flight. ``adapter_with_memory_only`` (``learner.memory_guided: only``): episodes shown no memory are
+        played by the base model."""
+        self.settings = EpisodeSettings.from_sections(self.llm_cfg, self.env_cfg, self.agent_cfg, memory,
+                                                      adapter_with_memory_only)
         self.memory = None
         if memory.enabled:
             from memory_server.client import MemoryClient

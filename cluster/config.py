@@ -158,6 +158,9 @@ class Config:
                "learner.enabled needs llm.enable_lora: true (the pool must serve the adapters it publishes)")
         check(not self.learner.enabled or self.llm.backend == "vllm", "learner",
                "learner.enabled needs llm.backend: vllm (an OpenAI endpoint cannot take new adapters)")
+        check(not (self.learner.enabled and self.learner.memory_guided == "only" and not self.memory.enabled),
+              "learner", "learner.memory_guided: only needs memory.enabled: true (without a memory no episode is "
+              "guided, so the adapter would never train nor play); set it for memory+lora in run.mode_overrides")
         check(self.learner.lora_rank <= self.llm.max_lora_rank, "learner",
                f"learner.lora_rank ({self.learner.lora_rank}) exceeds llm.max_lora_rank ({self.llm.max_lora_rank})")
         for mode in self.run.mode_overrides:  # a bad key or value fails at load time, not when the mode starts

@@ -103,8 +103,14 @@ def start_rollout_workers(cfg: Config, model_path: str, engines: list[Any] | Non
     return [actor.options(max_concurrency=cfg.rollout.concurrency, num_cpus=0, max_restarts=0,
                           resources=dict(cfg.rollout.resources))
             .remote(cfg.llm, cfg.env, cfg.agent, cfg.memory, model_path, engines, shards, redis_url, i,
-                    trajectory_stream=stream, cache_dir=cfg.run.cache_dir)
+                    trajectory_stream=stream, cache_dir=cfg.run.cache_dir,
+                    adapter_with_memory_only=adapter_with_memory_only(cfg))
             for i in range(first_id, first_id + n)]
+
+
+def adapter_with_memory_only(cfg: Config) -> bool:
+    """``learner.memory_guided: only``: the adapter plays only the episodes that were shown a memory."""
+    return cfg.learner.enabled and cfg.learner.memory_guided == "only"
 
 
 def stop_actors(handles: list[Any]) -> None:
@@ -126,7 +132,7 @@ def attach_rollout_workers(workers: list[Any], cfg: Config, shards: list[Any] | 
     import ray
 
     stream = trajectory_stream(cfg) if cfg.learner.enabled else None
-    refs = [w.attach.remote(cfg.memory, shards, redis_url, stream) for w in workers]
+    refs = [w.attach.remote(cfg.memory, shards, redis_url, stream, adapter_with_memory_only(cfg)) for w in workers]
     kept = []
     for w, ref in zip(workers, refs):
         try:

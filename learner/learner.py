@@ -52,13 +52,16 @@ def group_key(t: TrainTrajectory, group_size: int) -> str:
 
 
 def trainable(trajs: list[TrainTrajectory], memory_guided: str) -> list[TrainTrajectory]:
-    """The trajectories of a step that get gradients: all of them (``learner.memory_guided`` = train), or those
-    whose prompts showed no retrieved memory (skip; the step still counts and commits the others)."""
+    """The trajectories of a step that get gradients (``learner.memory_guided``): all of them (train), those whose
+    prompts showed no retrieved memory (skip), or those that showed one (only: the others were played by the base
+    model). The step still counts and commits the rest."""
     if memory_guided == "train":
         return list(trajs)
     if memory_guided == "skip":
         return [t for t in trajs if not t.memories_shown]
-    raise ValueError(f"learner.memory_guided must be 'train' or 'skip', got {memory_guided!r}")
+    if memory_guided == "only":
+        return [t for t in trajs if t.memories_shown]
+    raise ValueError(f"learner.memory_guided must be 'train', 'skip' or 'only', got {memory_guided!r}")
 
 
 class SelfImitationMemory:
@@ -212,10 +215,13 @@ class Learner:
             batch = self._gather(block_ms, partial)
         if batch is None:
             return None
-        trajs, entries, dropped = self._gate(batch)  # 2. staleness gate
+        # 2. what gets gradients (learner.memory_guided), then the staleness gate on it; the rest is counted only
+        chosen = {id(t) for t in trainable([t for _, t in batch], self.cfg.memory_guided)}
+        train, train_entries, dropped = self._gate([b for b in batch if id(b[1]) in chosen])
+        rest = [b for b in batch if id(b[1]) not in chosen]
+        trajs, entries = train + [t for _, t in rest], train_entries + [e for e, _ in rest]
         if not trajs:
             return {"trajectories": 0, "dropped_stale": dropped, "version": self.version, "step": self.step_no}
-        train = trainable(trajs, self.cfg.memory_guided)  # the step counts all of them; these get gradients
         self.replay.observe(train)  # task baselines, then past trajectories that beat them (learner.replay)
         replayed = self.replay.sample(self.cfg.replay)
         with timer("prox"):  # 3. advantages, sequences, proximal (and reference) logprobs
@@ -229,9 +235,8 @@ class Learner:
         with timer("checkpoint"):  # 5. save the adapter if due, checkpoint + commit, then serve it on the engines
             publish = self._save_and_checkpoint()
         latency = self._announce(publish, since=saved_at)
-        metrics = self._metrics(trajs, prep, sums, grad_norms, dropped, publish, latency, timer,
+        metrics = self._metrics(trajs, train, prep, sums, grad_norms, dropped, publish, latency, timer,
                                 time.perf_counter() - started)
-        metrics["skipped_guided"] = len(trajs) - len(train)
         self.last_metrics = metrics
         with open(self.out_dir / "learner_metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -359,11 +364,13 @@ class Learner:
         self.totals["publishes"] += 1
         return time.perf_counter() - since
 
-    def _metrics(self, trajs: list[TrainTrajectory], prep: _Prepared, sums: Counter, grad_norms: list[float],
-                 dropped: int, publish: bool, latency: float | None, timer: Timer, elapsed: float) -> dict[str, Any]:
+    def _metrics(self, trajs: list[TrainTrajectory], train: list[TrainTrajectory], prep: _Prepared, sums: Counter,
+                 grad_norms: list[float], dropped: int, publish: bool, latency: float | None, timer: Timer,
+                 elapsed: float) -> dict[str, Any]:
         tokens = max(sums["tokens"], 1.0)
         return {
             "step": self.step_no, "version": self.version, "trajectories": len(trajs), "dropped_stale": dropped,
+            "not_trained": len(trajs) - len(train),  # learner.memory_guided: counted in the step, no gradient
             "sequences": len(prep.seqs), "tokens": int(sums["tokens"]) // self.cfg.update_epochs, "loss": sums["loss"],
             "kl_behav": sums["kl_sum"] / tokens, "kl_ref": sums["kl_ref_sum"] / tokens,
             "clip_frac": sums["clipped"] / tokens, "behav_weight": sums["weight_sum"] / tokens,
@@ -372,7 +379,7 @@ class Learner:
             "replayed": len(prep.per_traj) - prep.n_fresh,
             "replay_advantage": float(prep.adv[prep.n_fresh:].mean()) if len(prep.per_traj) > prep.n_fresh else 0.0,
             "reward_mean": sum(t.reward for t in trajs) / len(trajs),
-            "staleness": staleness_histogram([t.version for t in trajs], self.version - publish),
+            "staleness": staleness_histogram([t.version for t in train], self.version - publish),
             "step_s": elapsed, "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
             "trained_per_s": self.totals["trained"] / (time.monotonic() - self._started),
             "published": publish, "publish_latency_s": latency, "timings": timer.as_dict(6),

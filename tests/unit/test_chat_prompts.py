@@ -76,8 +76,8 @@ class ScriptedLLM:
         self.replies, self.calls = list(replies), []
 
     async def generate(self, prompt, max_tokens=16, temperature=0.0, top_p=1.0, stop=None, choices=None,
-                       min_tokens=0) -> GenerationResult:
-        self.calls.append({"prompt": prompt, "stop": stop})
+                       min_tokens=0, adapter=True) -> GenerationResult:
+        self.calls.append({"prompt": prompt, "stop": stop, "adapter": adapter})
         ids = list(prompt) if isinstance(prompt, list) else [1, 2]
         return GenerationResult(self.replies.pop(0), ids, [7, 8], [-0.1, -0.2], 0)
 
@@ -158,3 +158,34 @@ def test_a_build_whose_weights_differ_from_the_pinned_hash_is_refused(tmp_path: 
     assert not (out / "build_info.json").exists()
     info = pretrained.build(gguf, tmp_path / "out", "m")  # an unpinned GGUF (a user's file) records its hashes
     assert json.loads((out / "build_info.json").read_text())["weights_sha256"] == info["weights_sha256"]
+
+
+class OneMemory:
+    """A memory that shows one experience (or none) and accepts feedback and writes."""
+
+    def __init__(self, shown: bool) -> None:
+        self.shown = shown
+
+    async def retrieve(self, query: str, *, episode_id: str | None = None):
+        from types import SimpleNamespace
+
+        records = [SimpleNamespace(id="m1", experience="def f(x): return x + 1")] if self.shown else []
+        return SimpleNamespace(records=records, ids=[r.id for r in records], scores=[1.0] * len(records),
+                               pool=[r.id for r in records], memory_version=1)
+
+    async def feedback(self, *args, **kwargs) -> None: ...
+
+    async def write_episode(self, **kwargs) -> str:
+        return "new"
+
+
+@pytest.mark.parametrize("only, shown, adapter", [(False, False, True), (True, False, False), (True, True, True)])
+def test_the_adapter_plays_only_memory_guided_episodes_when_asked(only: bool, shown: bool, adapter: bool) -> None:
+    """learner.memory_guided: only -> an episode shown no memory is played by the base model (every call)."""
+    llm = ScriptedLLM(["```python\ndef f(x):\n    return x\n```", "```python\ndef f(x):\n    return x + 1\n```"])
+    settings = EpisodeSettings(style="full", max_steps=2, history=2, max_new_tokens=64, adapter_with_memory_only=only)
+    spec = EpisodeSpec(TaskSpec("HumanEval/x", "code", "test", item="x"), epoch=0, seed=0)
+    traj = asyncio.run(run_episode(spec, AsyncEnv(TwoTryCode(2)), llm, OneMemory(shown), settings, WORDS,
+                                   chat=lambda m: list(range(len(m) * 10))))
+    assert traj.error is None and len(traj.retrieved_ids) == int(shown)
+    assert [c["adapter"] for c in llm.calls] == [adapter] * len(llm.calls) and llm.calls

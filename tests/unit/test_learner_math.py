@@ -313,5 +313,6 @@ def test_memory_guided_skip_trains_only_episodes_no_memory_guided() -> None:
     assert trainable([guided, alone], "train") == [guided, alone]
     assert trainable([guided, alone], "skip") == [alone]
     assert trainable([guided], "skip") == []
+    assert trainable([guided, alone], "only") == [guided]  # 'only': the base model played `alone`
     with pytest.raises(ValueError, match="memory_guided"):
         trainable([alone], "sometimes")

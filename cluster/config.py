@@ -339,9 +339,12 @@ def build(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
 
 
 def _overridden(cfg: Config, mode: str) -> Config:
-    """``cfg`` rebuilt with ``run.mode_overrides[mode]`` applied (and no mode overrides of its own)."""
+    """``cfg`` rebuilt with ``run.mode_overrides[mode]`` applied on top of what the mode itself switches on (so an
+    override is checked as its mode will run), with no mode overrides of its own."""
     raw = to_dict(cfg)
     raw["run"]["mode_overrides"] = {}
+    raw["memory"]["enabled"], raw["learner"]["enabled"] = MODES[mode].memory, MODES[mode].lora
+    raw["llm"]["enable_lora"] = raw["llm"]["enable_lora"] or MODES[mode].lora
     try:
         return build(raw, cfg.run.mode_overrides[mode])
     except ConfigError as e:
@@ -349,11 +352,12 @@ def _overridden(cfg: Config, mode: str) -> Config:
 
 
 def with_overrides(cfg: Config, mode: str) -> Config:
-    """``cfg`` with ``run.mode_overrides[mode]`` applied (the memory and learner sections; the rest is ``cfg``'s)."""
+    """``cfg`` with ``run.mode_overrides[mode]`` applied and the mode's own switches set (the memory and learner
+    sections, ``llm.enable_lora``); the rest, ``run.mode_overrides`` included, is ``cfg``'s."""
     if not cfg.run.mode_overrides.get(mode):
         return cfg
     changed = _overridden(cfg, mode)
-    return dataclasses.replace(cfg, memory=changed.memory, learner=changed.learner)
+    return dataclasses.replace(cfg, memory=changed.memory, learner=changed.learner, llm=changed.llm)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -86,7 +86,8 @@ def mode_config(cfg: Config, mode: str) -> Config:
         memory = dataclasses.replace(memory, lam=0.0, q_floor=None)
     learner = dataclasses.replace(cfg.learner, enabled=m.lora)
     llm = dataclasses.replace(cfg.llm, enable_lora=cfg.llm.enable_lora or m.lora)
-    return dataclasses.replace(cfg, memory=memory, learner=learner, llm=llm)
+    run = dataclasses.replace(cfg.run, mode_overrides={})  # applied above; a mode's config carries no others
+    return dataclasses.replace(cfg, memory=memory, learner=learner, llm=llm, run=run)
 
 
 def run_job(cfg: Config, run_dir: Path, redis_url: str | None, max_episodes: int | None = None) -> dict[str, Any]:

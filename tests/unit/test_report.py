@@ -23,6 +23,22 @@ def test_mode_overrides_change_only_their_mode() -> None:
     assert both.memory.namespace != mode_config(cfg, "memrl").memory.namespace  # the mode's own namespace still
 
 
+def test_a_mode_override_is_checked_as_its_mode_runs() -> None:
+    """An override valid for its own mode builds every other mode (the five-mode benchmark crashed at lora when
+    memory+lora's learner.memory_guided=only was checked against lora's config), and one invalid for its own mode
+    fails at load, not when the mode starts."""
+    overrides = {"memory+lora": ["learner.memory_guided=only"]}
+    for memory in (True, False):
+        cfg = build({"memory": {"enabled": memory}, "run": {"modes": ["none", "lora", "memory+lora"],
+                                                            "mode_overrides": overrides}})
+        assert mode_config(cfg, "lora").learner.memory_guided == "train"
+        assert mode_config(cfg, "memory+lora").learner.memory_guided == "only"
+        assert mode_config(cfg, "none").learner.memory_guided == "train"
+    with pytest.raises(ConfigError, match=re.escape("run.mode_overrides.lora: learner: learner.memory_guided: only "
+                                                    "needs memory.enabled: true")):
+        build({"memory": {"enabled": True}, "run": {"mode_overrides": {"lora": ["learner.memory_guided=only"]}}})
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"memory+lora": ["learner.replay=-1"]}, "run.mode_overrides.memory+lora: learner.replay: must be >= 0"),
     ({"memory+lora": ["learner.replya=0"]}, "did you mean 'learner.replay'"),
